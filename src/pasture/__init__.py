@@ -1,0 +1,3 @@
+"""pasture: grow Llama-family language models end to end."""
+
+__version__ = "0.1.0"
