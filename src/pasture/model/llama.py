@@ -243,8 +243,7 @@ class Transformer(nn.Module):
         Normal(0, 0.02) everywhere, with the residual-branch outputs (wo, w2) scaled by
         1/sqrt(2 * n_layers) so the residual stream's variance does not grow with depth.
         """
-        device = buffer_device or self.tok_embeddings.weight.device
-        self.inv_freq = rope_inverse_frequencies(self.config, device=device)
+        self.init_rope(buffer_device or self.tok_embeddings.weight.device)
         std = 0.02
         residual_std = std / math.sqrt(2 * self.config.n_layers)
         nn.init.normal_(self.tok_embeddings.weight, std=std)
@@ -258,6 +257,10 @@ class Transformer(nn.Module):
         self.norm.reset_parameters()
         if not self.config.tie_embeddings:
             nn.init.normal_(self.output.weight, std=self.config.dim**-0.5)
+
+    def init_rope(self, device: torch.device | str) -> None:
+        """(Re)compute the rotary frequency buffer, which checkpoints do not store."""
+        self.inv_freq = rope_inverse_frequencies(self.config, device=device)
 
     def rope_angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [B, 1, T, head_dim] for integer positions [B, T]."""

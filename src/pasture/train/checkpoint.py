@@ -1,0 +1,269 @@
+"""Training checkpoints: atomic, self-validating, resumable, reshardable.
+
+Layout of one checkpoint (see docs/formats.md):
+
+    <run>/checkpoints/step_00000100/
+        .metadata, __*_*.distcp     torch.distributed.checkpoint: {"model", "optim"}
+        train_state_rank00000.pt    step, scheduler, loader and RNG state of that rank
+        config.json                 {"format": "pasture-checkpoint", "model": ModelConfig, "recipe": {...}}
+        COMPLETE                    JSON: every file's size; written last
+
+A checkpoint is written into `step_XXXXXXXX.tmp/` and renamed into place only once
+everything, COMPLETE included, is on disk, so a crash mid-write never leaves a folder
+that looks valid. Loading checks COMPLETE against the files; a damaged newest
+checkpoint is skipped for the one before it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pasture.errors import PastureError
+from pasture.model.config import ModelConfig
+
+CHECKPOINT_DIR = "checkpoints"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointCorrupt(PastureError):
+    """A checkpoint folder that is incomplete or damaged."""
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != "COMPLETE"}
+
+
+def validate(folder: Path) -> None:
+    """Raise CheckpointCorrupt unless every file COMPLETE lists is present with its size."""
+    marker = folder / "COMPLETE"
+    if not marker.exists():
+        raise CheckpointCorrupt(f"{folder} has no COMPLETE marker (interrupted while saving)")
+    try:
+        listed = json.loads(marker.read_text())["files"]
+    except (json.JSONDecodeError, KeyError):
+        raise CheckpointCorrupt(f"{marker} is damaged") from None
+    actual = _file_sizes(folder)
+    for name, size in listed.items():
+        if actual.get(name) != size:
+            raise CheckpointCorrupt(f"{folder / name} is missing or truncated ({actual.get(name)} != {size} bytes)")
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every finished-looking checkpoint, oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_valid(run_dir: Path, log=print) -> Path | None:
+    """The newest checkpoint that validates, warning about each damaged one skipped."""
+    for _, folder in reversed(list_checkpoints(run_dir)):
+        try:
+            validate(folder)
+            return folder
+        except CheckpointCorrupt as e:
+            log(f"warning: skipping checkpoint: {e}")
+    return None
+
+
+def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model)
+
+
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def save(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    train_state: dict[str, Any],
+    model_config: ModelConfig,
+    recipe: dict[str, Any] | None = None,
+    keep_last: int | None = None,
+) -> Path:
+    """Write a checkpoint for `step` atomically; every rank calls this."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    rank, world = _rank_and_world()
+    final = step_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    state: dict[str, Any] = {"model": _model_state(model)}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(model, optimizer)
+    dcp.save(state, checkpoint_id=str(tmp))
+    torch.save({**train_state, "rng": _rng_state(), "world_size": world}, tmp / f"train_state_rank{rank:05d}.pt")
+    _barrier()
+    if rank == 0:
+        (tmp / "config.json").write_text(json.dumps(
+            {"format": "pasture-checkpoint", "step": step, "world_size": world,
+             "model": model_config.to_dict(), "recipe": recipe or {}}, indent=2, default=str) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        (tmp / "COMPLETE").write_text(json.dumps({"step": step, "files": _file_sizes(tmp)}) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        if keep_last:
+            for _, old in list_checkpoints(run_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Restore model (and optimizer) in place from `folder`; returns this rank's train state.
+
+    The model and optimizer may be sharded differently from when the checkpoint was
+    saved: torch.distributed.checkpoint reshards on load.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    validate(folder)
+    rank, world = _rank_and_world()
+    state: dict[str, Any] = {"model": _model_state(model)}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(model, optimizer)
+    try:
+        dcp.load(state, checkpoint_id=str(folder))
+    except Exception as e:  # DCP surfaces many error types for damaged files
+        raise CheckpointCorrupt(f"cannot read {folder}: {type(e).__name__}: {e}") from None
+    set_model_state_dict(model, state["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, state["optim"])
+    own = folder / f"train_state_rank{rank:05d}.pt"
+    if not own.exists():  # a different world size: rank 0's counters still apply
+        own = folder / "train_state_rank00000.pt"
+    train_state = torch.load(own, map_location="cpu", weights_only=False)
+    train_state["resharded"] = train_state.get("world_size", 1) != world
+    if not train_state["resharded"]:
+        _set_rng_state(train_state["rng"])
+    return train_state
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "config.json").read_text())
+
+
+def is_run_or_checkpoint(path: Path) -> bool:
+    path = Path(path)
+    if (path / CHECKPOINT_DIR).is_dir():
+        return True
+    cfg = path / "config.json"
+    if cfg.exists():
+        try:
+            return json.loads(cfg.read_text()).get("format") == "pasture-checkpoint"
+        except json.JSONDecodeError:
+            return False
+    return False
+
+
+def resolve(path: Path) -> Path:
+    """A run folder means its newest valid checkpoint; a checkpoint folder means itself."""
+    path = Path(path)
+    if (path / CHECKPOINT_DIR).is_dir():
+        found = latest_valid(path)
+        if found is None:
+            raise CheckpointCorrupt(f"run {path} has no valid checkpoint")
+        return found
+    return path
+
+
+def read_model_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """Model weights (unsharded, CPU) and config from a run or checkpoint folder, without a process group."""
+    from pasture.model.llama import Transformer
+
+    folder = resolve(path)
+    validate(folder)
+    config = ModelConfig.from_dict(read_config(folder)["model"])
+    with torch.device("meta"):
+        model = Transformer(config)
+    model = model.to_empty(device="cpu")
+    if config.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": model.state_dict()}
+    try:
+        dcp.load(state, checkpoint_id=str(folder))
+    except Exception as e:
+        raise CheckpointCorrupt(f"cannot read {folder}: {type(e).__name__}: {e}") from None
+    weights = dict(state["model"])
+    if config.tie_embeddings:
+        weights.pop("output.weight", None)
+    return weights, config
