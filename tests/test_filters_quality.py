@@ -1,0 +1,102 @@
+"""The fastText-style quality classifier: training, held-out accuracy, the stage, the CLI."""
+
+import importlib
+import inspect
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from pasture.data.documents import Document, write_documents
+from pasture.data.filters import QualityFilter
+from pasture.data.filters.quality import ClassifierError, TextClassifier, train_quality_cli, train_quality_classifier
+from pasture.errors import PastureError
+
+MODULES = ["json", "os", "pathlib", "collections", "itertools", "functools", "re", "textwrap", "argparse", "logging",
+           "subprocess", "shutil", "datetime", "decimal", "fractions", "statistics", "heapq", "csv", "urllib.parse",
+           "unittest", "inspect", "ast", "dataclasses", "enum", "threading", "queue", "tarfile", "zipfile"]
+BOILERPLATE = ["Home", "About us", "Contact", "Login", "Sign up", "Cookie policy", "Privacy", "Terms of use", "Subscribe",
+               "Newsletter", "Share on Facebook", "Tweet", "Read more", "Next page", "Previous", "All rights reserved",
+               "Accept cookies", "Menu", "Search", "Cart (0)", "Follow us", "Sitemap", "Buy now", "Free shipping"]
+
+
+def stdlib_docstrings(min_words=25):
+    """Well-formed English prose: the docstrings of the Python standard library."""
+    texts = []
+    for name in MODULES:
+        module = importlib.import_module(name)
+        for _, obj in inspect.getmembers(module):
+            doc = inspect.getdoc(obj) if (inspect.isfunction(obj) or inspect.isclass(obj)) else None
+            if doc and len(doc.split()) >= min_words and doc not in texts:
+                texts.append(doc)
+    return texts
+
+
+def low_quality_pages(positives, n, seed=0):
+    """Random word salad (words drawn uniformly from the positives' vocabulary), and
+    navigation boilerplate."""
+    rng = random.Random(seed)
+    vocabulary = sorted({w for t in positives for w in t.split()})
+    pages = []
+    for i in range(n):
+        if i % 2:
+            pages.append(" ".join(rng.choice(vocabulary) for _ in range(rng.randint(30, 120))))
+        else:
+            pages.append(" | ".join(rng.choice(BOILERPLATE) for _ in range(rng.randint(15, 40))) + f" © {rng.randint(1999, 2024)}")
+    return pages
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quality")
+    positives = stdlib_docstrings()[:250]
+    negatives = low_quality_pages(positives, len(positives))
+    write_documents(root / "pos.jsonl", [Document(f"p{i}", t) for i, t in enumerate(positives)])
+    write_documents(root / "neg.jsonl", [Document(f"n{i}", t) for i, t in enumerate(negatives)])
+    return root, positives, negatives
+
+
+def test_cli_trains_a_classifier_with_high_held_out_accuracy(corpus, capsys):
+    root, positives, negatives = corpus
+    assert len(positives) == 250
+    out = root / "model"
+    code = train_quality_cli(["--positive", str(root / "pos.jsonl"), "--negative", str(root / "neg.jsonl"), "--out", str(out),
+                              "--epochs", "4", "--buckets", "65536", "--valid-fraction", "0.2"])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["valid_docs"] == 100 and metrics["train_docs"] == 400
+    assert metrics["valid_accuracy"] > 0.9
+    assert json.loads((out / "classifier.json").read_text())["labels"] == ["low", "high"]
+
+    stage = QualityFilter(model=str(out), threshold=0.5)
+    good = Document("g", inspect.getdoc(json.dumps))
+    salad = Document("s", low_quality_pages(positives, 2, seed=99)[1])
+    assert stage.process(good) is None and good.meta["quality_score"] > 0.5
+    assert stage.process(salad) == "quality" and salad.meta["quality_score"] < 0.5
+    assert TextClassifier.load(out).score(good, "high") == pytest.approx(good.meta["quality_score"], abs=1e-4)
+
+
+def test_python_api_is_deterministic_under_a_seed(corpus):
+    root, _, _ = corpus
+    kwargs = dict(max_docs=60, epochs=2, buckets=4096, dim=8)
+    a = train_quality_classifier(root / "pos.jsonl", root / "neg.jsonl", root / "a", seed=3, **kwargs)
+    b = train_quality_classifier(root / "pos.jsonl", root / "neg.jsonl", root / "b", seed=3, **kwargs)
+    assert a["docs_per_label"] == {"high": 60, "low": 60}
+    assert a["valid_accuracy"] == b["valid_accuracy"] and a["train_accuracy"] == b["train_accuracy"]
+    assert (TextClassifier.load(root / "a").table == TextClassifier.load(root / "b").table).all()
+
+
+def test_bad_inputs_raise_clear_pasture_errors(corpus, tmp_path: Path):
+    root, _, _ = corpus
+    with pytest.raises(ClassifierError, match="the following arguments are required: --negative"):
+        train_quality_cli(["--positive", str(root / "pos.jsonl"), "--out", str(tmp_path / "m")])
+    with pytest.raises(PastureError, match="does not exist"):
+        train_quality_cli(["--positive", str(tmp_path / "nope.jsonl"), "--negative", str(root / "neg.jsonl"), "--out", str(tmp_path / "m")])
+    write_documents(tmp_path / "one.jsonl", [Document("x", "only one document")])
+    with pytest.raises(ClassifierError, match="label 'negative' has 1 non-empty document"):
+        train_quality_cli(["--positive", str(root / "pos.jsonl"), "--negative", str(tmp_path / "one.jsonl"), "--out", str(tmp_path / "m")])
+    with pytest.raises(ClassifierError, match="not a classifier directory"):
+        QualityFilter(model=str(tmp_path))
+    with pytest.raises(PastureError, match="needs `model`"):
+        QualityFilter()
