@@ -71,7 +71,7 @@ class TextFeatures:
 
     @cached_property
     def lower_words(self) -> list[str]:
-        return WORD_RE.findall(self.text.lower())
+        return list(map(str.lower, self.words))
 
     @cached_property
     def lines(self) -> list[str]:
@@ -85,8 +85,8 @@ class TextFeatures:
     @cached_property
     def word_ids(self) -> np.ndarray:
         """Each word as a small integer (equal words, equal ids), for n-gram arithmetic."""
-        index: dict[str, int] = {}
-        return np.fromiter((index.setdefault(w, len(index)) for w in self.words), np.int64, len(self.words))
+        index = {w: i for i, w in enumerate(dict.fromkeys(self.words))}
+        return np.fromiter(map(index.__getitem__, self.words), np.int64, len(self.words))
 
     @cached_property
     def word_lengths(self) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -212,8 +213,7 @@ class HeuristicFilter:
         if self.kl_vocab is None:
             raise FilterError("heuristic KL rule needs fit() on a corpus sample first (or set kl = false)")
         oov = len(self.kl_vocab)
-        get = self.kl_vocab.get
-        idx = np.fromiter((get(w, oov) for w in lower_words), np.int64, len(lower_words))
+        idx = np.fromiter(map(self.kl_vocab.get, lower_words, repeat(oov)), np.int64, len(lower_words))
         counts = np.bincount(idx, minlength=oov + 1)
         present = np.nonzero(counts)[0]
         p = counts[present] / len(idx)
