@@ -83,7 +83,9 @@ class DomainTagger:
         self.code_threshold = code_threshold
         self.math_threshold = math_threshold
         self.general_languages = frozenset(general_languages)
-        self.lid_model = str(bundled_model_path()) if identify_language else None
+        self.identify_language = identify_language
+        if identify_language:
+            bundled_model_path()  # fail now if the language model is not installed
         self.classifier = TextClassifier.load(model) if model else None
         if self.classifier is not None:
             unknown = sorted(set(self.classifier.labels) - set(DOMAINS))
@@ -105,8 +107,8 @@ class DomainTagger:
         if math >= self.math_threshold:
             return "math"
         language = doc.meta.get("language")
-        if language is None and self.lid_model is not None:
-            language, score = identify_language(doc.text, self.lid_model)
+        if language is None and self.identify_language:
+            language, score = identify_language(doc.text)
             doc.meta["language"], doc.meta["language_score"] = language, round(score, 4)
         if language is not None and language not in self.general_languages:
             return "multilingual"

@@ -67,8 +67,9 @@ class LanguageFilter:
             raise FilterError(f"language.min_score must be in [0, 1], got {min_score}")
         self.allowed = frozenset(allowed)
         self.min_score = min_score
-        self.model_path = str(model) if model else str(bundled_model_path())
-        load_fasttext_model(self.model_path)  # fail now on a bad path, not on the first document
+        # None = the bundled model, resolved in each process (workers may install it elsewhere)
+        self.model_path = str(model) if model else None
+        load_fasttext_model(self.model_path or str(bundled_model_path()))  # fail now on a bad path
 
     def process(self, doc: Document) -> str | None:
         language, score = identify_language(doc.text, self.model_path)
