@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "pasture.data.cli",
     "pasture.tokenizer.cli",
     "pasture.train.cli",
+    "pasture.train.pretrain_cli",
     "pasture.model.cli",
 ]
 

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from pasture.errors import PastureError
 from pasture.model.config import ModelConfig
 
 CHECKPOINT_DIR = "checkpoints"
+# DCP warns on every single-process save/load; single-process is a supported use here.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 

@@ -1,0 +1,1 @@
+"""Data curation: sources, extraction, de-duplication, filters, mixing."""

@@ -1,0 +1,1 @@
+"""Pre-training: token shards, the packed loader, the training loop, checkpoints."""

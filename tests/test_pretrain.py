@@ -1,0 +1,196 @@
+"""Pre-training: loss falls, exact resume after SIGKILL, corrupt checkpoints, NaN steps, sampling."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from pasture.cli import main
+from pasture.errors import PastureError
+from pasture.train import checkpoint as ckpt
+from pasture.train import pretrain as pt
+from pasture.train.metrics import read_metrics
+from pasture.train.shards import SplitWriter, write_index
+
+VOCAB = 300
+SMALL_MODEL = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.multiple_of=32"]
+
+
+@pytest.fixture(scope="module")
+def token_data(tmp_path_factory):
+    """A token dataset with learnable structure (arithmetic progressions) and a val split."""
+    out = tmp_path_factory.mktemp("tokens")
+    rng = np.random.default_rng(0)
+    index = {"format": "pasture-tokens", "version": 1, "dtype": "uint32", "vocab_size": VOCAB,
+             "tokenizer": None, "bos_id": VOCAB - 2, "eos_id": VOCAB - 1, "splits": {}}
+    for split, n in (("train", 300), ("val", 30)):
+        writer = SplitWriter(out, split, 5_000)
+        for _ in range(n):
+            length, start, stride = int(rng.integers(10, 120)), int(rng.integers(0, 280)), int(rng.integers(1, 4))
+            body = (start + np.arange(length) * stride) % (VOCAB - 2)
+            writer.add(np.concatenate([[VOCAB - 2], body, [VOCAB - 1]]).astype(np.uint32), text_bytes=3 * (length + 2))
+        index["splits"][split] = writer.finish()
+    write_index(out, index)
+    return out
+
+
+def recipe_args(data, run_dir, *extra):
+    return ["tiny", f"data.train=[\"{data}\"]", f"log.dir=\"{run_dir}\"", "log.progress=false",
+            "log.tensorboard=false", "train.seq_len=64", "train.batch_size=4", "train.batch_ramp=[]",
+            "train.threads=1", "train.anneal_steps=0", "optim.lr=0.01", "optim.warmup_steps=3", "eval.every=0", "eval.batches=4",
+            "eval.batch_size=4", "checkpoint.anneal_every=0", *SMALL_MODEL, *extra]
+
+
+def run_recipe(args):
+    recipe, raw = pt.load_recipe(args[0], args[1:])
+    return pt.pretrain(recipe, raw, log=lambda *_: None)
+
+
+def train_losses(run_dir):
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir, "train")]
+
+
+def test_loss_falls_and_validation_reports_bits_per_byte(token_data, tmp_path):
+    summary = run_recipe(recipe_args(token_data, tmp_path / "run", "train.steps=40", "train.anneal_steps=5",
+                                     "log.every=1", "checkpoint.every=20"))
+    losses = [loss for _, loss in train_losses(tmp_path / "run")]
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3])
+    assert summary["val_bpb"] > 0 and summary["val_loss"] < losses[0]
+    assert summary["tokens_seen"] == 40 * 4 * 64
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [20, 40]
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run", "train")]
+    assert lrs[-1] < lrs[-5] < lrs[-6]  # annealing takes the rate towards 0
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(token_data, tmp_path):
+    steps = ["train.steps=14", "checkpoint.every=3", "log.every=1", "train.batch_ramp=[[0, 256], [1024, 512]]"]
+    run_recipe(recipe_args(token_data, tmp_path / "straight", *steps))
+    reference = train_losses(tmp_path / "straight")
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pasture.cli", "pretrain", *recipe_args(token_data, killed, *steps)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(train_losses(killed)) >= 8:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(train_losses(killed)) < 14
+    assert main(["pretrain", *recipe_args(token_data, killed, *steps, "resume=\"auto\"")]) == 0
+    assert train_losses(killed) == reference  # bit for bit, every step
+
+
+def test_corrupt_newest_checkpoint_is_skipped(token_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train.steps=6", "checkpoint.every=2", "checkpoint.keep_last=5"]
+    run_recipe(recipe_args(token_data, run, *base))
+    reference = train_losses(run)
+    newest = ckpt.step_dir(run, 6)
+    shard = next(p for p in newest.iterdir() if p.suffix == ".distcp")
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert ckpt.latest_valid(run, log=lambda *_: None) == ckpt.step_dir(run, 4)
+    run_recipe(recipe_args(token_data, run, *base, "train.steps=6", "resume=\"auto\""))
+    assert train_losses(run) == reference
+
+
+def test_refuses_to_overwrite_a_run_and_rejects_typos(token_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    run_recipe(recipe_args(token_data, run, "train.steps=4", "checkpoint.every=2"))
+    assert main(["pretrain", *recipe_args(token_data, run, "train.steps=4")]) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert main(["pretrain", *recipe_args(token_data, run, "optim.lrr=1")]) == 2
+    assert "unknown key optim.lrr" in capsys.readouterr().err
+    assert main(["pretrain", "no-such-recipe"]) == 2
+    assert "shipped" in capsys.readouterr().err
+    assert main(["pretrain", *recipe_args(tmp_path / "missing", tmp_path / "r2", "train.steps=4")]) == 2
+    assert "no token dataset index" in capsys.readouterr().err
+
+
+def test_nan_steps_are_skipped_counted_and_stop_the_run(token_data, tmp_path, monkeypatch):
+    real = pt.cross_entropy_sum
+    calls = {"n": 0}
+
+    def flaky(hidden, weight, targets, chunk_tokens=8192):
+        calls["n"] += 1
+        loss = real(hidden, weight, targets, chunk_tokens)
+        return loss * float("nan") if calls["n"] in (3, 7, 8) else loss
+
+    monkeypatch.setattr(pt, "cross_entropy_sum", flaky)
+    summary = run_recipe(recipe_args(token_data, tmp_path / "run", "train.steps=10", "checkpoint.every=5"))
+    assert summary["skipped_steps"] == 3
+    events = read_metrics(tmp_path / "run", "event")
+    assert [e["step"] for e in events] == [3, 7, 8]
+    assert all(np.isfinite(loss) for _, loss in train_losses(tmp_path / "run") if _ not in (3, 7, 8))
+
+    calls["n"] = 0
+    monkeypatch.setattr(pt, "cross_entropy_sum", lambda h, w, t, chunk_tokens=8192: real(h, w, t) * (
+        float("nan") if (calls.__setitem__("n", calls["n"] + 1) or calls["n"]) > 4 else 1.0))
+    with pytest.raises(pt.TrainingDiverged, match="consecutive"):
+        run_recipe(recipe_args(token_data, tmp_path / "diverge", "train.steps=20", "checkpoint.every=2",
+                               "train.max_bad_steps=3"))
+    ckpt.validate(ckpt.latest_valid(tmp_path / "diverge"))
+    assert ckpt.latest_valid(tmp_path / "diverge").name == "step_00000006"  # skipped steps leave weights as they were
+
+
+def test_annealing_averages_checkpoints(token_data, tmp_path):
+    run = tmp_path / "run"
+    summary = run_recipe(recipe_args(token_data, run, "train.steps=12", "train.anneal_steps=4",
+                                     "checkpoint.anneal_every=2", "checkpoint.every=12"))
+    from pasture.model.convert import read_checkpoint
+
+    kept = sorted((run / "anneal").iterdir())
+    assert [p.name for p in kept] == ["step_00000010", "step_00000012"]
+    states = [read_checkpoint(p)[0] for p in kept]
+    averaged, _, _ = read_checkpoint(summary["averaged"])
+    key = "layers.0.attention.wq.weight"
+    torch.testing.assert_close(averaged[key], (states[0][key] + states[1][key]) / 2)
+
+
+def test_checkpoint_loads_as_model_and_generates_same_with_and_without_cache(token_data, tmp_path):
+    from pasture import model as pm
+    from pasture.train.generate import SamplingParams, generate
+
+    run = tmp_path / "run"
+    run_recipe(recipe_args(token_data, run, "train.steps=4", "checkpoint.every=4"))
+    model, config = pm.load(run)
+    assert config.vocab_size == VOCAB and config.dim == 64
+    model.eval()
+    prompt = [VOCAB - 2, 5, 8, 11]
+    for params in (SamplingParams(max_tokens=12, temperature=0), SamplingParams(max_tokens=12, temperature=0.9, seed=3)):
+        with_cache = generate(model, prompt, params, use_cache=True)
+        without = generate(model, prompt, params, use_cache=False)
+        assert with_cache == without and len(with_cache) == 12
+    greedy = SamplingParams(max_tokens=12, temperature=0)
+    first = generate(model, prompt, greedy)[0]
+    assert generate(model, prompt, greedy, stop_tokens={first}) == []
+    assert main(["convert", str(run), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"] == VOCAB
+
+
+def test_schedules():
+    from pasture.train.schedule import OptimConfig, learning_rate, stage_value
+
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [learning_rate(s, 100, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3) and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    wsd = OptimConfig(lr=1.0, warmup_steps=10, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
+    w = [learning_rate(s, 100, wsd) for s in range(100)]
+    assert w[50] == 1.0 and w[79] == 1.0 and w[99] == pytest.approx(0.0) and w[89] == pytest.approx(0.5)
+    annealed = [learning_rate(s, 100, cfg, anneal_steps=10) for s in range(100)]
+    assert annealed[:90] == [learning_rate(s, 100, cfg, 0) if s < 10 else annealed[s] for s in range(90)]
+    assert annealed[-1] < annealed[-2] < annealed[90] and annealed[-1] > 0
+    ramp = [[0, 4_000_000], [252_000_000, 8_000_000], [2_870_000_000_000, 16_000_000]]
+    assert [stage_value(ramp, t, "r") for t in (0, 251_999_999, 252_000_000, 3e12)] == [4e6, 4e6, 8e6, 16e6]
+    with pytest.raises(PastureError):
+        stage_value([[5, 1]], 0, "train.batch_ramp")
