@@ -152,12 +152,12 @@ class TokenDataset:
         self.path = Path(path)
         if self.path.name == INDEX_FILE:
             self.path = self.path.parent
+        self.split = split
         self.header = read_index(self.path)
         index_path = self.path / INDEX_FILE
         if split not in self.header["splits"]:
             known = ", ".join(self.header["splits"]) or "none"
             raise TokenDatasetError(f"{index_path}: no split {split!r} (splits: {known})")
-        self.split = split
         entry = self.header["splits"][split]
         self.vocab_size: int = int(self.header["vocab_size"])
         self.bos_id: int | None = self.header.get("bos_id")
