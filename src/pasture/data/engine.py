@@ -1,0 +1,112 @@
+"""Where curation tasks run: local processes, or a Ray cluster.
+
+A task is a picklable module-level function and its argument; it writes its outputs
+and returns a small JSON-able result. `run_tasks` writes a done-marker (holding that
+result) atomically after each task, and skips tasks whose marker exists, so a crashed
+run restarts where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pasture.errors import PastureError
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _run_and_mark(fn: Callable[[Any], Any], arg: Any, marker: str) -> Any:
+    result = fn(arg)
+    write_json_atomic(Path(marker), result)
+    return result
+
+
+class LocalEngine:
+    """A pool of worker processes (or the calling process when there is one worker)."""
+
+    def __init__(self, workers: int = 0) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = None
+
+    def map(self, calls: list[tuple[Callable, Any, str]], desc: str) -> list[Any]:
+        if self.workers == 1 or len(calls) == 1:
+            return [_run_and_mark(*c) for c in tqdm(calls, desc=desc, unit="task", leave=False)]
+        if self._pool is None:
+            # spawn, not fork: the driver may hold threads (Ray, tqdm) that fork would copy mid-state;
+            # a worker that dies raises BrokenProcessPool here instead of hanging the run
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        pending = [self._pool.submit(_run_and_mark, *c) for c in calls]
+        return [p.result() for p in tqdm(pending, desc=desc, unit="task", leave=False)]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+class RayEngine:
+    """The same tasks as Ray remote functions; files must be on storage every node sees."""
+
+    def __init__(self, workers: int = 0, address: str = "") -> None:
+        try:
+            import ray
+        except ImportError:
+            raise PastureError("engine.kind = 'ray' needs Ray: pip install 'pasture[curate]'") from None
+        self._ray = ray
+        self._started_here = not ray.is_initialized()
+        if self._started_here:
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        self._remote = ray.remote(num_cpus=1)(_run_and_mark)
+
+    def map(self, calls: list[tuple[Callable, Any, str]], desc: str) -> list[Any]:
+        refs = [self._remote.remote(*c) for c in calls]
+        results = {}
+        remaining = list(refs)
+        with tqdm(total=len(refs), desc=desc, unit="task", leave=False) as bar:
+            while remaining:
+                done, remaining = self._ray.wait(remaining, num_returns=1)
+                for ref in done:
+                    results[ref] = self._ray.get(ref)
+                bar.update(len(done))
+        return [results[r] for r in refs]
+
+    def close(self) -> None:
+        if self._started_here:
+            self._ray.shutdown()
+
+
+def make_engine(kind: str, workers: int = 0, ray_address: str = "") -> LocalEngine | RayEngine:
+    return RayEngine(workers, ray_address) if kind == "ray" else LocalEngine(workers)
+
+
+def run_tasks(engine: LocalEngine | RayEngine, fn: Callable[[Any], Any], tasks: dict[str, Any], done_dir: Path,
+              desc: str) -> dict[str, Any]:
+    """Run `fn(arg)` for each named task not yet done; returns every task's result, old and new."""
+    results: dict[str, Any] = {}
+    calls = []
+    for name, arg in tasks.items():
+        marker = done_dir / f"{name}.json"
+        if marker.exists():
+            results[name] = json.loads(marker.read_text())
+        else:
+            calls.append((name, (fn, arg, str(marker))))
+    if calls:
+        for (name, _), result in zip(calls, engine.map([c for _, c in calls], desc)):
+            results[name] = result
+    return {name: results[name] for name in tasks}

@@ -1,0 +1,184 @@
+"""Readers for every input the curation pipeline accepts, streaming and failure-tolerant.
+
+WARC/WARC.gz crawls (HTTP response records holding HTML), folders of `.html` files,
+and the documents format (JSONL, JSONL.zst, Parquet, plain text). Each reader yields
+`RawDocument`s, or `ReadProblem`s for what it had to skip (a truncated gzip, a
+non-HTML payload, invalid UTF-8, an empty file), so a bad input is counted with its
+reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pasture.data.documents import DOCUMENT_SUFFIXES, Document, DocumentError, expand_inputs, read_documents
+from pasture.errors import PastureError
+
+WARC_SUFFIXES = (".warc", ".warc.gz")
+HTML_SUFFIXES = (".html", ".htm", ".xhtml")
+INPUT_SUFFIXES = WARC_SUFFIXES + HTML_SUFFIXES + DOCUMENT_SUFFIXES
+FORMATS = ("auto", "warc", "html", "documents")
+HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml")
+
+
+@dataclass
+class RawDocument:
+    """A document as read; `html` holds the undecoded page when the text still needs extraction."""
+
+    doc: Document
+    html: bytes | None = None
+
+
+@dataclass
+class ReadProblem:
+    """Something skipped while reading: `reason` is short and countable, `detail` says where."""
+
+    reason: str
+    detail: str
+
+
+def input_files(paths: list[str], fmt: str = "auto") -> list[Path]:
+    """The input files of a recipe, sorted, each once."""
+    if fmt not in FORMATS:
+        raise PastureError(f"input.format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    suffixes = {"auto": INPUT_SUFFIXES, "warc": WARC_SUFFIXES, "html": HTML_SUFFIXES, "documents": DOCUMENT_SUFFIXES}
+    wanted = suffixes[fmt]
+    try:
+        # expand_inputs matches on the last suffix for unknown names, so let `.gz` through and filter here
+        files = expand_inputs(paths, suffixes=wanted + (".gz",))
+    except DocumentError as e:
+        raise PastureError(str(e)) from None
+    files = [f for f in files if f.name.lower().endswith(wanted)]
+    if not files:
+        raise PastureError(f"no input files ({', '.join(wanted)}) found in {', '.join(map(str, paths))}")
+    return files
+
+
+def file_kind(path: Path, fmt: str = "auto") -> str:
+    if fmt != "auto":
+        return fmt
+    name = path.name.lower()
+    if name.endswith(WARC_SUFFIXES):
+        return "warc"
+    if name.endswith(HTML_SUFFIXES):
+        return "html"
+    return "documents"
+
+
+class _TolerantGzip:
+    """A gzip stream that ends quietly at a truncation and remembers it, so the records before it survive."""
+
+    def __init__(self, path: Path) -> None:
+        self._gz = gzip.open(path, "rb")
+        self.error: str | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if self.error:
+            return b""
+        try:
+            return self._gz.read(size)
+        except EOFError:
+            self.error = "truncated_gzip"
+        except (gzip.BadGzipFile, zlib.error, OSError):
+            self.error = "corrupt_gzip"
+        return b""
+
+    def tell(self) -> int:
+        return self._gz.tell()
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._gz.close()
+
+
+def _declared_charset(content_type: str) -> str | None:
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "charset" and value:
+            return value.strip("\"' ").lower()
+    return None
+
+
+def read_warc(path: Path) -> Iterator[RawDocument | ReadProblem]:
+    """HTTP responses with an HTML payload; other payloads are counted as `non_html_payload`."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    stream = _TolerantGzip(path) if path.name.lower().endswith(".gz") else open(path, "rb")
+    try:
+        records = ArchiveIterator(stream, record_types=WarcRecordType.response, parse_http=True, stream_detect=False)
+        for n, record in enumerate(records):
+            url = record.headers.get("WARC-Target-URI") or None
+            content_type = (record.http_headers.get("Content-Type") or "") if record.http_headers else ""
+            mime = content_type.split(";")[0].strip().lower()
+            if mime not in HTML_CONTENT_TYPES:
+                yield ReadProblem("non_html_payload", f"{path} record {n} ({url}): {mime or 'no content type'}")
+                continue
+            payload = record.reader.read()
+            if not payload.strip():
+                yield ReadProblem("empty_payload", f"{path} record {n} ({url})")
+                continue
+            record_id = record.headers.get("WARC-Record-ID") or f"{path.name}:{n}"
+            meta = {"date": record.headers.get("WARC-Date"), "charset": _declared_charset(content_type)}
+            doc = Document(id=record_id.strip("<>"), text="", url=url, source=path.name, meta=meta)
+            yield RawDocument(doc, html=payload)
+    finally:
+        stream.close()
+    if isinstance(stream, _TolerantGzip) and stream.error:
+        yield ReadProblem(stream.error, f"{path}: ended early; records before the damage were kept")
+
+
+def read_html_file(path: Path) -> Iterator[RawDocument | ReadProblem]:
+    data = path.read_bytes()
+    if not data.strip():
+        yield ReadProblem("empty_file", str(path))
+    elif b"\x00" in data[:4096] or b"<" not in data[:65536]:
+        yield ReadProblem("non_html_payload", f"{path}: no HTML markup")
+    else:
+        yield RawDocument(Document(id=str(path), text="", url=None, source=str(path.parent), meta={}), html=data)
+
+
+def read_document_file(path: Path) -> Iterator[RawDocument | ReadProblem]:
+    """Documents-format records; text with invalid UTF-8 (decoded to U+FFFD) is reported, not kept."""
+    if path.stat().st_size == 0:
+        yield ReadProblem("empty_file", str(path))
+        return
+    try:
+        for doc in read_documents(path):
+            if "\ufffd" in doc.text:
+                yield ReadProblem("invalid_utf8", f"{path}: document {doc.id}")
+            elif not doc.text.strip():
+                yield ReadProblem("empty_document", f"{path}: document {doc.id}")
+            else:
+                yield RawDocument(doc)
+    except EOFError:
+        yield ReadProblem("truncated_file", str(path))
+    except _corrupt_file_errors() as e:
+        yield ReadProblem("corrupt_file", f"{path}: {e}")
+
+
+def _corrupt_file_errors() -> tuple[type[BaseException], ...]:
+    import zstandard
+
+    return (DocumentError, OSError, zlib.error, ValueError, zstandard.ZstdError)
+
+
+def read_source(path: Path, fmt: str = "auto") -> Iterator[RawDocument | ReadProblem]:
+    """Stream one input file, whatever its kind."""
+    kind = file_kind(path, fmt)
+    if path.stat().st_size == 0:
+        yield ReadProblem("empty_file", str(path))
+    elif kind == "warc":
+        yield from read_warc(path)
+    elif kind == "html":
+        yield from read_html_file(path)
+    else:
+        yield from read_document_file(path)
