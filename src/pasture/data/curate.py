@@ -346,11 +346,11 @@ def _frequent_lines(config: CurateConfig, bucket: int) -> np.ndarray:
 # ---------------------------------------------------------------- 6. filter and write
 
 
-def build_stages(filters: dict[str, dict[str, Any]]) -> list[Any]:
+def build_stages(filters: dict[str, dict[str, Any]], registry: dict[str, type] | None = None) -> list[Any]:
     """Instantiate the enabled per-document stages from their recipe sections, in recipe order."""
     if not filters:
         return []
-    registry = filter_registry() or {}
+    registry = registry if registry is not None else filter_registry() or {}
     stages = []
     for name, kwargs in filters.items():
         try:
@@ -485,16 +485,19 @@ def _resolved(config: CurateConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
-def run_curation(recipe: dict[str, Any] | CurateConfig) -> dict[str, Any]:
-    """Run the whole pipeline of a recipe (a dict as loaded from TOML, or a built config); returns the stats."""
+def run_curation(recipe: dict[str, Any] | CurateConfig, registry: dict[str, type] | None = None) -> dict[str, Any]:
+    """Run the whole pipeline of a recipe (a dict as loaded from TOML, or a built config); returns the stats.
+
+    `registry` maps filter section names to stage classes; by default `pasture.data.filters.STAGES`.
+    """
     from pasture.data.sources import input_files
 
-    config = recipe if isinstance(recipe, CurateConfig) else parse_recipe(recipe)
+    config = recipe if isinstance(recipe, CurateConfig) else parse_recipe(recipe, registry)
     resolved = _resolved(config)
     _prepare_output(config, resolved)
     out, work = Path(config.output.dir), _work(config)
     files = input_files(config.input.paths, config.input.format)
-    stages = build_stages(config.filters)
+    stages = build_stages(config.filters, registry)
     n = len(files)
     phases: dict[str, float] = {}
     engine = make_engine(config.engine.kind, config.engine.workers, config.engine.ray_address)

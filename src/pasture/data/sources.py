@@ -80,7 +80,8 @@ class _TolerantGzip:
         if self.error:
             return b""
         try:
-            return self._gz.read(size)
+            # read1: one decompression step at a time, so the bytes before a truncation are returned first
+            return self._gz.read1(size if size > 0 else 1 << 16)
         except EOFError:
             self.error = "truncated_gzip"
         except (gzip.BadGzipFile, zlib.error, OSError):
@@ -109,31 +110,41 @@ def _declared_charset(content_type: str) -> str | None:
 
 
 def read_warc(path: Path) -> Iterator[RawDocument | ReadProblem]:
-    """HTTP responses with an HTML payload; other payloads are counted as `non_html_payload`."""
+    """HTTP responses with an HTML payload; other payloads are counted as `non_html_payload`.
+
+    Each record is handed out only once the next one parsed (or the file ended cleanly):
+    the record cut by a truncation is counted under the truncation, not as a document.
+    """
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     stream = _TolerantGzip(path) if path.name.lower().endswith(".gz") else open(path, "rb")
+    pending: RawDocument | ReadProblem | None = None
     try:
         records = ArchiveIterator(stream, record_types=WarcRecordType.response, parse_http=True, stream_detect=False)
         for n, record in enumerate(records):
-            url = record.headers.get("WARC-Target-URI") or None
-            content_type = (record.http_headers.get("Content-Type") or "") if record.http_headers else ""
-            mime = content_type.split(";")[0].strip().lower()
-            if mime not in HTML_CONTENT_TYPES:
-                yield ReadProblem("non_html_payload", f"{path} record {n} ({url}): {mime or 'no content type'}")
-                continue
-            payload = record.reader.read()
-            if not payload.strip():
-                yield ReadProblem("empty_payload", f"{path} record {n} ({url})")
-                continue
-            record_id = record.headers.get("WARC-Record-ID") or f"{path.name}:{n}"
-            meta = {"date": record.headers.get("WARC-Date"), "charset": _declared_charset(content_type)}
-            doc = Document(id=record_id.strip("<>"), text="", url=url, source=path.name, meta=meta)
-            yield RawDocument(doc, html=payload)
+            if pending is not None:
+                yield pending
+            pending = _warc_item(path, n, record)
     finally:
         stream.close()
     if isinstance(stream, _TolerantGzip) and stream.error:
-        yield ReadProblem(stream.error, f"{path}: ended early; records before the damage were kept")
+        yield ReadProblem(stream.error, f"{path}: ended early; the records before the damaged one were kept")
+    elif pending is not None:
+        yield pending
+
+
+def _warc_item(path: Path, n: int, record) -> RawDocument | ReadProblem:
+    url = record.headers.get("WARC-Target-URI") or None
+    content_type = (record.http_headers.get("Content-Type") or "") if record.http_headers else ""
+    mime = content_type.split(";")[0].strip().lower()
+    if mime not in HTML_CONTENT_TYPES:
+        return ReadProblem("non_html_payload", f"{path} record {n} ({url}): {mime or 'no content type'}")
+    payload = record.reader.read()
+    if not payload.strip():
+        return ReadProblem("empty_payload", f"{path} record {n} ({url})")
+    record_id = record.headers.get("WARC-Record-ID") or f"{path.name}:{n}"
+    meta = {"date": record.headers.get("WARC-Date"), "charset": _declared_charset(content_type)}
+    return RawDocument(Document(id=record_id.strip("<>"), text="", url=url, source=path.name, meta=meta), html=payload)
 
 
 def read_html_file(path: Path) -> Iterator[RawDocument | ReadProblem]:
