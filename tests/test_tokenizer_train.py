@@ -63,7 +63,7 @@ def test_written_file_format(trained):
         tokens.append(base64.b64decode(token))
     assert tokens[:256] == [bytes([b]) for b in range(256)]
     assert len(set(tokens)) == 1000 and all(len(t) >= 2 for t in tokens[256:])
-    assert json.loads((out / "tokenizer.json").read_text()) == stats
+    assert json.loads((out / "tokenizer_stats.json").read_text()) == stats
 
 
 def test_specials_and_round_trip(trained):

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from pasture.cli_args import byte_size
 from pasture.tokenizer.tokenizer import LLAMA3_SPEC, TokenizerError
 
 TOKENIZER_HELP = "a tokenizer.model file, a folder holding one, or 'llama3' for Meta's (from llama-models)"
@@ -20,13 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a byte-level BPE (Llama 3 regex) and write a tiktoken tokenizer.model",
         description="Learn BPE merges with Hugging Face tokenizers on documents (JSONL, Parquet or "
         "text files and folders), write DIR/tokenizer.model in the tiktoken format Llama 3 uses "
-        "(256 special tokens follow the base ranks) and DIR/tokenizer.json with statistics, "
+        "(256 special tokens follow the base ranks) and DIR/tokenizer_stats.json with statistics, "
         "including compression on held-out documents.",
     )
     train.add_argument("--input", nargs="+", required=True, metavar="DOCS", help="documents files, folders or globs")
     train.add_argument("--vocab-size", type=int, required=True, help="number of base ranks (bytes + merges)")
     train.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    train.add_argument("--max-bytes", type=_size, default=None, help="cap on training text, e.g. 100M or 2G")
+    train.add_argument("--max-bytes", type=byte_size, default=None, help="cap on training text, e.g. 100M or 2G")
     train.add_argument("--holdout-fraction", type=float, default=0.01, help="documents held out (default 0.01)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
@@ -53,16 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     stats.add_argument("--tokenizer", default=LLAMA3_SPEC, help=TOKENIZER_HELP + " (default llama3)")
     stats.add_argument("--json", action="store_true", help="print the numbers as JSON")
     stats.set_defaults(func=_stats)
-
-
-def _size(text: str) -> int:
-    """`500000`, `64K`, `100M`, `2G` -> bytes."""
-    units = {"K": 10**3, "M": 10**6, "G": 10**9}
-    text = text.strip().upper().removesuffix("B")
-    try:
-        return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 500000, 64K, 100M, 2G)") from None
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ Llama 3's pre-tokenizer regex. The tiktoken file ranks the 256 single bytes firs
 by rank, that reproduces the trained segmentation, which `train_tokenizer` checks on
 sample text. `vocab_size` counts these base ranks; the 256 special tokens follow.
 
-Besides `tokenizer.model` the output folder gets `tokenizer.json` with training and
+Besides `tokenizer.model` the output folder gets `tokenizer_stats.json` with training and
 compression statistics (held-out characters and bytes per token) for the report card.
 """
 
@@ -31,7 +31,7 @@ from pasture.tokenizer.tokenizer import (
 
 TRAIN_BATCH_BYTES = 1 << 20  # documents are handed to the Rust trainer in ~1 MB batches
 SAMPLE_CHARS = 200_000  # text checked against the HF tokenizer's segmentation
-STATS_FILE = "tokenizer.json"
+STATS_FILE = "tokenizer_stats.json"
 MODEL_FILE = "tokenizer.model"
 
 
@@ -159,7 +159,7 @@ def train_tokenizer(
     `pasture.data.documents`). Every `1/holdout_fraction`-th document (up to
     `holdout_max_bytes`) is held out from training to measure compression;
     `max_bytes` caps the training text. Returns the statistics written to
-    `out_dir/tokenizer.json`.
+    `out_dir/tokenizer_stats.json`.
     """
     if vocab_size < 257:
         raise TokenizerError(f"vocab size {vocab_size} is too small: the 256 single bytes alone take 256 ranks")

@@ -1,0 +1,1 @@
+"""Report cards built from the files a run wrote."""

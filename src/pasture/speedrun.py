@@ -1,0 +1,301 @@
+"""`pasture speedrun`: the whole system on whatever machine it runs on.
+
+gather documents -> curate -> train a tokenizer -> tokenize -> pre-train -> evaluate
+-> sample -> report, all under one run folder. Each stage records its result in
+`stages/<stage>.json` when it finishes; running the same command again skips the
+finished stages and resumes pre-training from its last checkpoint, so an interrupted
+speedrun loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pasture.errors import PastureError
+
+RUN_LAYOUT = {
+    "sources/": "gathered documents (documents.jsonl.zst) and what was read from where",
+    "curated/": "curation output: kept documents, rejects with reasons, stats.json / stats.md",
+    "tokenizer/": "the trained tokenizer.model (tiktoken format) and its stats",
+    "tokens/": "token shards (train and val splits) and index.json",
+    "train/": "pre-training: checkpoints/, metrics.jsonl, recipe.json, tokenizer.model, averaged/",
+    "stages/": "one JSON result per finished stage (what lets a rerun skip it)",
+    "plots/": "loss, learning-rate and throughput plots",
+    "speedrun.json": "everything above in one summary",
+    "report.md, report.html": "the report card (the HTML is self-contained)",
+}
+
+PRESET_RECIPES = {"tiny": "tiny", "125m": "125m", "llama3.2-1b": "1b", "1b": "1b", "llama3.1-8b": "8b", "8b": "8b"}
+
+
+@dataclass
+class SpeedrunConfig:
+    name: str = "speedrun"
+    runs_dir: str = "runs"
+    preset: str = "tiny"
+    sources: list[str] = field(default_factory=list)  # files/globs; empty: text already on this machine
+    max_bytes: int = 24_000_000
+    vocab_size: int = 4096
+    val_fraction: float = 0.02
+    seed: int = 0
+    curate: bool = True
+    recipe_overrides: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=lambda: ["def ", "The ", "import "])
+    progress: bool = True
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+class Stages:
+    """Runs named stages once: a finished stage's JSON result is reused on the next run."""
+
+    def __init__(self, run_dir: Path, log: Callable[[str], None]) -> None:
+        self.dir = run_dir / "stages"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = log
+
+    def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        path = self.dir / f"{name}.json"
+        if path.exists():
+            self.log(f"[{name}] already done, reusing {path}")
+            return json.loads(path.read_text())
+        self.log(f"[{name}] ...")
+        started = time.perf_counter()
+        result = fn()
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+        self.log(f"[{name}] done in {result['seconds']:.1f} s")
+        return result
+
+
+# ---------------------------------------------------------------- stages
+
+
+def gather_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
+    from pasture.data.gather import default_roots, gather
+
+    out = cfg.run_dir / "sources" / "documents.jsonl.zst"
+    if cfg.sources:
+        return {"documents_path": None, "inputs": list(cfg.sources), "roots": {}, "documents": None,
+                "bytes": None, "max_bytes": None, "note": "user-given sources, read by the curation stage"}
+    roots = default_roots()
+    if not roots:
+        raise PastureError("found no text on this machine to train on; pass --source FILES")
+    result = gather(roots, out, cfg.max_bytes, seed=cfg.seed, progress=cfg.progress)
+    if result["documents"] == 0:
+        raise PastureError("the default roots held no readable text; pass --source FILES")
+    return {**result, "documents_path": str(out), "inputs": [str(out)]}
+
+
+def curation_recipe(cfg: SpeedrunConfig, inputs: list[str]) -> dict[str, Any]:
+    """The shipped web recipe, set for a corpus of source code and documentation."""
+    from pasture.config import load_toml_recipe
+    from pasture.train.pretrain import RECIPE_DIR
+
+    recipe = load_toml_recipe("web", RECIPE_DIR, prefix="curate-")
+    recipe["input"]["paths"] = inputs
+    recipe["output"]["dir"] = str(cfg.run_dir / "curated")
+    recipe["output"]["format"] = "jsonl.zst"
+    # Prose rules (stop words, alphabetic words, bullets, '#' ratio) would drop every
+    # Python file; code is wanted here. Repetition, dirty words, KL outliers and
+    # length stay on, as do language tags, PII masking and domain tags.
+    recipe["heuristic"] = {"enabled": True, "min_words": 20, "min_alpha_words": None, "min_stop_words": None,
+                           "max_hash_ratio": None, "max_bullet_lines": None, "max_ellipsis_lines": None}
+    recipe["language"] = {"enabled": True, "min_score": 0.0}
+    recipe["mix"] = {"enabled": False}
+    recipe["engine"]["fit_sample_docs"] = 2000
+    return recipe
+
+
+def curate_stage(cfg: SpeedrunConfig, gathered: dict[str, Any]) -> dict[str, Any]:
+    if not cfg.curate:
+        return {"skipped": True, "outputs": gathered["inputs"], "note": "curation switched off (--no-curate)"}
+    from pasture.data.curate import run_curation
+
+    stats = run_curation(curation_recipe(cfg, gathered["inputs"]))
+    return {**stats, "outputs": [str(cfg.run_dir / "curated" / "output")],
+            "note": "Llama 3 pipeline: URL de-duplication, MinHash, line de-duplication, heuristic filters "
+                    "(code-friendly settings), language id, safety/PII, domain tags."}
+
+
+def tokenizer_stage(cfg: SpeedrunConfig, docs: list[str]) -> dict[str, Any]:
+    from pasture.tokenizer import train_tokenizer
+
+    stats = train_tokenizer(docs, cfg.vocab_size, cfg.run_dir / "tokenizer", show_progress=cfg.progress)
+    return {**stats, "path": str(cfg.run_dir / "tokenizer" / "tokenizer.model")}
+
+
+def tokenize_stage(cfg: SpeedrunConfig, docs: list[str], tokenizer_path: str) -> dict[str, Any]:
+    from pasture.train.tokenize import tokenize_documents
+
+    return tokenize_documents(docs, tokenizer_path, cfg.run_dir / "tokens", val_fraction=cfg.val_fraction,
+                              progress=cfg.progress)
+
+
+def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
+    from pasture.train.pretrain import load_recipe, pretrain
+
+    recipe_name = PRESET_RECIPES.get(cfg.preset)
+    if recipe_name is None:
+        raise PastureError(f"--preset {cfg.preset!r}: choose one of {', '.join(PRESET_RECIPES)}")
+    overrides = [
+        f'data.train=["{cfg.run_dir / "tokens"}"]',
+        f'log.dir="{cfg.run_dir / "train"}"',
+        "resume=\"auto\"",
+        f"log.progress={'true' if cfg.progress else 'false'}",
+        f'eval.prompts={json.dumps(cfg.prompts)}',
+        *cfg.recipe_overrides,
+    ]
+    recipe, raw = load_recipe(recipe_name, overrides)
+    started = time.perf_counter()
+    summary = pretrain(recipe, raw)
+    summary["wall_seconds"] = time.perf_counter() - started
+    summary["recipe"] = recipe_name
+    summary["overrides"] = cfg.recipe_overrides
+    return summary
+
+
+def unigram_bits_per_byte(tokens_dir: Path) -> dict[str, float]:
+    """The baseline the model must beat: a unigram model of the training tokens (add-one
+    smoothed), scored on exactly the validation targets the model is scored on."""
+    from pasture.train.shards import TokenDataset
+
+    train = TokenDataset(tokens_dir, "train")
+    val = TokenDataset(tokens_dir, "val")
+    counts = np.zeros(train.vocab_size, dtype=np.float64)
+    for i in range(train.num_documents):
+        counts += np.bincount(train.document(i), minlength=train.vocab_size)
+    log_probs = np.log2(counts + 1) - np.log2(counts.sum() + train.vocab_size)
+    bits, targets = 0.0, 0
+    for i in range(val.num_documents):
+        doc = val.document(i)[1:]  # a document's first token is never a target
+        bits -= float(log_probs[doc].sum())
+        targets += len(doc)
+    return {"unigram_bits_per_token": bits / max(targets, 1), "unigram_bpb": bits / max(val.bytes, 1)}
+
+
+def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
+    import torch
+
+    from pasture.model import load
+    from pasture.train.loader import ValidationLoader
+    from pasture.train.pretrain import evaluate, parse_recipe, resolve_device
+    from pasture.train.shards import TokenDataset
+
+    device = resolve_device("auto")
+    model, _ = load(cfg.run_dir / "train", device=device)
+    val = TokenDataset(cfg.run_dir / "tokens", "val")
+    seq_len = parse_recipe(json.loads((cfg.run_dir / "train" / "recipe.json").read_text())).train.seq_len
+    loader = ValidationLoader(val, batch_size=8, seq_len=seq_len)
+    metrics = evaluate(model, loader, device, torch.bfloat16 if device.type == "cuda" else None)
+    metrics.update(unigram_bits_per_byte(cfg.run_dir / "tokens"))
+    metrics["bpb_vs_unigram"] = metrics["val_bpb"] / metrics["unigram_bpb"]
+    metrics["beats_unigram"] = metrics["val_bpb"] < metrics["unigram_bpb"]
+    return metrics
+
+
+def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
+    from pasture.model import load
+    from pasture.tokenizer import Tokenizer
+    from pasture.train.generate import SamplingParams, generate
+    from pasture.train.pretrain import resolve_device
+
+    device = resolve_device("auto")
+    model, _ = load(cfg.run_dir / "train", device=device)
+    model.eval()
+    tokenizer = Tokenizer.load(cfg.run_dir / "tokenizer" / "tokenizer.model")
+    params = SamplingParams(max_tokens=48, temperature=0.8, top_p=0.9, seed=cfg.seed)
+    samples = []
+    for prompt in cfg.prompts:
+        ids = generate(model, tokenizer.encode(prompt, bos=True), params, set(tokenizer.stop_tokens))
+        samples.append({"prompt": prompt, "completion": tokenizer.decode(ids), "temperature": params.temperature,
+                        "top_p": params.top_p, "tokens": len(ids)})
+    return {"samples": samples}
+
+
+# ---------------------------------------------------------------- the job
+
+
+def _curation_summary(curated: dict[str, Any]) -> dict[str, Any]:
+    if curated.get("skipped"):
+        return {"note": curated["note"], "stages": []}
+    return {"note": curated.get("note", ""), "stages": curated.get("stages", [])}
+
+
+def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every stage (skipping finished ones) and write the report card; returns the summary."""
+    from pasture.report.card import environment, write_report
+
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    stages = Stages(run_dir, log)
+
+    gathered = stages.run("gather", lambda: gather_stage(cfg))
+    curated = stages.run("curate", lambda: curate_stage(cfg, gathered))
+    docs = curated["outputs"]
+    tok = stages.run("tokenizer", lambda: tokenizer_stage(cfg, docs))
+    tokens = stages.run("tokenize", lambda: tokenize_stage(cfg, docs, tok["path"]))
+    trained = stages.run("pretrain", lambda: pretrain_stage(cfg))
+    evaluation = stages.run("evaluate", lambda: evaluate_stage(cfg))
+    samples = stages.run("sample", lambda: sample_stage(cfg))
+
+    train_records = _train_records(run_dir / "train")
+    summary = {
+        "name": cfg.name,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "total_seconds": time.perf_counter() - started + sum(
+            s.get("seconds", 0) for s in (gathered, curated, tok, tokens, trained, evaluation, samples)),
+        "config": {k: v for k, v in vars(cfg).items()},
+        "environment": environment(),
+        "gather": gathered if gathered.get("roots") else None,
+        "curation": _curation_summary(curated),
+        "tokenizer": {k: v for k, v in tok.items() if not isinstance(v, (dict, list))},
+        "tokenize": tokens,
+        "pretrain": {
+            "recipe": trained.get("recipe"), "parameters": trained.get("params"), "steps": trained.get("steps"),
+            "tokens": trained.get("tokens_seen"), "wall_seconds": round(trained.get("wall_seconds", 0), 1),
+            "tokens_per_s (mean)": train_records.get("tokens_per_s"), "MFU": train_records.get("mfu"),
+            "final train loss": trained.get("final_loss"), "skipped steps": trained.get("skipped_steps"),
+        },
+        "evaluation": evaluation,
+        "samples": samples["samples"],
+        "layout": RUN_LAYOUT,
+    }
+    (run_dir / "speedrun.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    md, html = write_report(run_dir, summary)
+    log(f"report: {md} and {html}")
+    return summary
+
+
+def _train_records(train_dir: Path) -> dict[str, Any]:
+    from pasture.train.metrics import read_metrics
+
+    records = read_metrics(train_dir, "train")
+    if not records:
+        return {}
+    tps = [r["tokens_per_s"] for r in records[1:] or records]
+    mfus = [r["mfu"] for r in records if r.get("mfu") is not None]
+    return {"tokens_per_s": round(float(np.mean(tps)), 1),
+            "mfu": round(float(np.mean(mfus)), 4) if mfus else "n/a (CPU)"}
+
+
+def format_headline(summary: dict[str, Any]) -> str:
+    e = summary["evaluation"]
+    verdict = "below" if e["beats_unigram"] else "NOT below"
+    return (f"held-out bits/byte {e['val_bpb']:.4f} vs unigram {e['unigram_bpb']:.4f} "
+            f"({verdict} the unigram baseline, ratio {e['bpb_vs_unigram']:.3f}); "
+            f"{math.ceil(summary['total_seconds'])} s total")
