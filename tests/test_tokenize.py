@@ -116,7 +116,8 @@ def test_val_split_is_deterministic_by_document_id(tmp_path, corpus, tokenizer):
         assert tokenizer.decode(val.document(i).tolist()[1:-1]) == doc["text"]
     assert val.bytes == sum(len(d["text"].encode()) for d in held_out)
     for split in ("train", "val"):
-        assert (tmp_path / "a" / f"{split}-00000.bin").read_bytes() == (tmp_path / "b" / f"{split}-00000.bin").read_bytes()
+        shard = f"{split}-00000.bin"
+        assert (tmp_path / "a" / shard).read_bytes() == (tmp_path / "b" / shard).read_bytes()
 
 
 def test_ids_outside_the_vocabulary_are_rejected(tmp_path, corpus):
@@ -189,3 +190,6 @@ def test_cli_tokenize_and_bad_input(tmp_path, corpus, capsys):
                  "--out", str(tmp_path / "x"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("pasture: error:") and "missing.jsonl" in err
+    (tmp_path / "file").write_text("")
+    assert main(["tokenize", "--tokenizer", "llama3", "--input", str(folder), "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err

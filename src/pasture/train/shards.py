@@ -71,7 +71,7 @@ class SplitWriter:
         self._offsets.append(self._offsets[-1] + len(tokens))
         self.documents += 1
         self.tokens += len(tokens)
-        self.bytes += text_bytes
+        self.bytes += int(text_bytes)
         if self._offsets[-1] >= self.shard_tokens:
             self._close_shard()
 

@@ -70,7 +70,9 @@ def _encode(tokenizer: "Tokenizer", batch: Batch, bos: bool, eos: bool, vocab_si
         for doc_id, doc_tokens in zip(ids, encoded):
             bad = next((t for t in doc_tokens if not 0 <= t < vocab_size), None)
             if bad is not None:
-                raise TokenizeError(f"document {doc_id!r}: token id {bad} is outside the vocabulary (size {vocab_size})")
+                raise TokenizeError(
+                    f"document {doc_id!r}: token id {bad} is outside the vocabulary (size {vocab_size})"
+                )
     text_bytes = [len(t.encode("utf-8", "replace")) for t in texts]
     return tokens.astype(np.uint32), lengths, text_bytes
 
@@ -189,13 +191,16 @@ def tokenize_documents(
         raise TokenizeError(f"--vocab-size must be positive, got {vocab_size}")
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TokenizeError(f"--out {out} is a file; it must be a dataset folder")
     out.mkdir(parents=True, exist_ok=True)
     _clear_output(out, overwrite)
     writers = {split: SplitWriter(out, split, shard_tokens) for split in SPLITS}
     counts = {"empty_documents": 0}
     started = time.perf_counter()
     bar = tqdm(desc="tokenize", unit=" docs", disable=not progress, dynamic_ncols=True)
-    encoded_batches = _encode_in_order(_batches(paths, counts), tokenizer, tokenizer_path, workers, bos, eos, vocab_size)
+    batches = _batches(paths, counts)
+    encoded_batches = _encode_in_order(batches, tokenizer, tokenizer_path, workers, bos, eos, vocab_size)
     try:
         for (ids, _), (tokens, lengths, text_bytes) in encoded_batches:
             ends = np.cumsum(lengths)
