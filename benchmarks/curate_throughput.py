@@ -1,0 +1,149 @@
+"""pasture curate vs datatrove on the same input, one worker each (numbers are per core).
+
+  python benchmarks/curate_throughput.py [--pages 600]
+
+Input: a WARC of HTML pages made from the Python standard library's sources (real
+English and code), plus near-duplicate copies, so MinHash has work to do. Two
+comparisons:
+  extract: WARC -> main-content text -> JSONL (datatrove: WarcReader + Trafilatura + JsonlWriter;
+           pasture: the same with trafilatura, and with its default resiliparse)
+  minhash: JSONL -> 14x8 MinHash over 5-grams -> de-duplicated JSONL (datatrove's 4 stages;
+           pasture's signatures -> buckets -> clusters -> filter)
+datatrove runs only when it imports (pip install datatrove, e.g. in a separate venv that
+also sees pasture: python -m venv --system-site-packages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import io
+import json
+import random
+import shutil
+import sysconfig
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+
+def build_input(root: Path, pages: int) -> tuple[Path, Path, int, int]:
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    rng = random.Random(0)
+    texts = [p.read_text(errors="replace")[:6000] for p in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))
+             if p.stat().st_size > 6000][: pages * 4 // 5]
+    texts += [" ".join(w if rng.random() > 0.01 else "x" for w in t.split(" ")) for t in texts[: pages - len(texts)]]
+    warc, jsonl = root / "pages.warc.gz", root / "docs.jsonl"
+    html_bytes = 0
+    with open(warc, "wb") as f, open(jsonl, "w") as j:
+        writer = WARCWriter(f, gzip=True)
+        for i, text in enumerate(texts):
+            body = "".join(f"<p>{html.escape(line)}</p>" for line in text.split("\n") if line.strip())
+            payload = (f"<html><head><title>p{i}</title></head><body><nav>Home About</nav><article>{body}</article>"
+                       f"<footer>Copyright</footer></body></html>").encode()
+            html_bytes += len(payload)
+            headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(f"http://bench.org/{i}", "response", payload=io.BytesIO(payload),
+                                                          http_headers=headers))
+            j.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
+    return warc, jsonl, len(texts), html_bytes
+
+
+def pasture_run(inputs: list[str], out: Path, **sections) -> tuple[float, dict]:
+    from pasture.data.curate import run_curation
+
+    recipe = {"input": {"paths": inputs}, "output": {"dir": str(out), "format": "jsonl", "write_rejects": False},
+              "engine": {"workers": 1}}
+    recipe.update(sections)
+    t0 = time.perf_counter()
+    stats = run_curation(recipe)
+    return time.perf_counter() - t0, stats
+
+
+def datatrove_extract(warc: Path, out: Path) -> float:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.pipeline.readers import WarcReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    t0 = time.perf_counter()
+    LocalPipelineExecutor(pipeline=[WarcReader(str(warc.parent), glob_pattern="*.warc.gz"), Trafilatura(timeout=5.0),
+                                    JsonlWriter(str(out / "data"), compression=None)],
+                          tasks=1, workers=1, logging_dir=str(out / "logs")).run()
+    return time.perf_counter() - t0
+
+
+def datatrove_minhash(jsonl: Path, out: Path) -> tuple[float, int]:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    config = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8)
+    read = lambda: JsonlReader(str(jsonl.parent), glob_pattern="docs.jsonl")  # noqa: E731
+    t0 = time.perf_counter()
+    LocalPipelineExecutor([read(), MinhashDedupSignature(str(out / "sigs"), config=config)], tasks=1, workers=1,
+                          logging_dir=str(out / "l1")).run()
+    LocalPipelineExecutor([MinhashDedupBuckets(str(out / "sigs"), str(out / "buckets"), config=config)], tasks=14,
+                          workers=1, logging_dir=str(out / "l2")).run()
+    LocalPipelineExecutor([MinhashDedupCluster(str(out / "buckets"), str(out / "remove"), config=config)], tasks=1,
+                          workers=1, logging_dir=str(out / "l3")).run()
+    LocalPipelineExecutor([read(), MinhashDedupFilter(str(out / "remove")), JsonlWriter(str(out / "data"), compression=None)],
+                          tasks=1, workers=1, logging_dir=str(out / "l4")).run()
+    kept = sum(1 for f in (out / "data").glob("*.jsonl") for _ in open(f))
+    return time.perf_counter() - t0, kept
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=600)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="curate-bench-"))
+    try:
+        warc, jsonl, n, html_bytes = build_input(root, args.pages)
+        warc_mb, text_mb = html_bytes / 1e6, jsonl.stat().st_size / 1e6  # MB of HTML payload / of text
+        off = {"url_dedup": {"enabled": False}, "minhash": {"enabled": False}, "line_dedup": {"enabled": False}}
+        rows = []
+        for engine in ("resiliparse", "trafilatura"):
+            seconds, stats = pasture_run([str(warc)], root / f"p-{engine}", extract={"engine": engine}, **off)
+            rows.append((f"extract: pasture ({engine})", n, seconds, warc_mb, stats["stages"]["output"]["docs_out"]))
+        seconds, stats = pasture_run([str(jsonl)], root / "p-minhash", url_dedup={"enabled": False},
+                                     line_dedup={"enabled": False})
+        rows.append(("minhash: pasture (4 phases)", n, seconds, text_mb, stats["stages"]["output"]["docs_out"]))
+        try:
+            import datatrove
+
+            seconds = datatrove_extract(warc, root / "dt-extract")
+            kept = sum(1 for f in (root / "dt-extract" / "data").glob("*.jsonl") for _ in open(f))
+            rows.append((f"extract: datatrove {datatrove.__version__ if hasattr(datatrove, '__version__') else version('datatrove')} (trafilatura)",
+                         n, seconds, warc_mb, kept))
+            try:
+                seconds, kept = datatrove_minhash(jsonl, root / "dt-minhash")
+                rows.append(("minhash: datatrove (4 stages)", n, seconds, text_mb, kept))
+            except Exception as e:  # report a broken datatrove install instead of losing the other numbers
+                print(f"datatrove minhash failed: {type(e).__name__}: {e}")
+        except ImportError as e:
+            print(f"datatrove not importable ({e}); pasture only")
+        print(f"input: {n} pages, {warc_mb:.2f} MB of HTML in a WARC.gz, extracted-text JSONL {text_mb:.2f} MB; 1 worker each")
+        print(f"versions: resiliparse {version('resiliparse')}, trafilatura {version('trafilatura')}, numpy {version('numpy')}")
+        print("| pipeline | docs | kept | seconds | docs/s/core | MB/s/core |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, docs, seconds, mb, kept in rows:
+            print(f"| {name} | {docs} | {kept} | {seconds:.2f} | {docs / seconds:,.0f} | {mb / seconds:.2f} |")
+        pairs = [("extract: pasture (trafilatura)", "extract: datatrove"), ("extract: pasture (resiliparse)", "extract: datatrove"),
+                 ("minhash: pasture", "minhash: datatrove")]
+        for ours, theirs in pairs:
+            a = [r for r in rows if r[0].startswith(ours)]
+            b = [r for r in rows if r[0].startswith(theirs)]
+            if a and b:
+                print(f"speed ratio {a[0][0]} / {b[0][0]}: {b[0][2] / a[0][2]:.2f}x")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
