@@ -275,6 +275,7 @@ class Transformer(nn.Module):
         *,
         cache: KVCache | None = None,
         return_hidden: bool = False,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for `tokens` [B, T].
 
@@ -283,14 +284,16 @@ class Transformer(nn.Module):
         cache: a KVCache to read earlier positions from and append these to.
         return_hidden: return the final normalised hidden states [B, T, dim] instead of
             logits, so a training loss can project to the vocabulary in chunks.
+        positions: rotary positions [B, T] when `tokens` is a slice of longer sequences
+            (a sequence split across devices); default: from document_ids, else 0..T-1.
         """
         B, T = tokens.shape
         cache_len = cache.length if cache is not None else 0
-        if document_ids is not None:
-            if document_ids.shape != tokens.shape:
-                raise ValueError(f"document_ids shape {tuple(document_ids.shape)} != tokens shape {tuple(tokens.shape)}")
+        if document_ids is not None and document_ids.shape != tokens.shape:
+            raise ValueError(f"document_ids shape {tuple(document_ids.shape)} != tokens shape {tuple(tokens.shape)}")
+        if positions is None and document_ids is not None:
             positions = positions_from_document_ids(document_ids)
-        else:
+        elif positions is None:
             positions = (torch.arange(T, device=tokens.device) + cache_len).expand(B, T)
         cos, sin = self.rope_angles(positions)
         mask = build_attention_mask(document_ids, T, self.attention_backend, tokens.device, cache_len)

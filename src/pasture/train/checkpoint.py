@@ -149,39 +149,80 @@ def save(
     keep_last: int | None = None,
 ) -> Path:
     """Write a checkpoint for `step` atomically; every rank calls this."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    Checkpointer(asynchronous=False).save(run_dir, step, model, optimizer, train_state, model_config, recipe, keep_last)
+    return step_dir(run_dir, step)
 
-    rank, world = _rank_and_world()
-    final = step_dir(run_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    state: dict[str, Any] = {"model": _model_state(model)}
-    if optimizer is not None:
-        state["optim"] = get_optimizer_state_dict(model, optimizer)
-    dcp.save(state, checkpoint_id=str(tmp))
-    torch.save({**train_state, "rng": _rng_state(), "world_size": world}, tmp / f"train_state_rank{rank:05d}.pt")
-    _barrier()
-    if rank == 0:
-        (tmp / "config.json").write_text(json.dumps(
-            {"format": "pasture-checkpoint", "step": step, "world_size": world,
-             "model": model_config.to_dict(), "recipe": recipe or {}}, indent=2, default=str) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        (tmp / "COMPLETE").write_text(json.dumps({"step": step, "files": _file_sizes(tmp)}) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-        if keep_last:
-            for _, old in list_checkpoints(run_dir)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-    _barrier()
-    return final
+
+class Checkpointer:
+    """Saves checkpoints, optionally in the background (`dcp.async_save`).
+
+    An asynchronous save copies the state to CPU, returns, and writes while training goes
+    on; the folder is finished (COMPLETE written, renamed into place) at the next `save`
+    or `wait`, which every rank calls at the same step. Background writes use their own
+    gloo process group so they never interleave with the training collectives.
+    """
+
+    def __init__(self, asynchronous: bool = False) -> None:
+        self.asynchronous = asynchronous
+        self._pending: tuple[Any, ...] | None = None
+        self._group = None
+
+    def save(self, run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+             train_state: dict[str, Any], model_config: ModelConfig, recipe: dict[str, Any] | None = None,
+             keep_last: int | None = None) -> None:
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        self.wait()
+        rank, world = _rank_and_world()
+        final = step_dir(run_dir, step)
+        tmp = final.with_name(final.name + ".tmp")
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        state: dict[str, Any] = {"model": _model_state(model)}
+        if optimizer is not None:
+            state["optim"] = get_optimizer_state_dict(model, optimizer)
+        future = None
+        if self.asynchronous and world > 1:
+            if self._group is None:
+                self._group = dist.new_group(backend="gloo")
+            future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._group)
+        else:
+            dcp.save(state, checkpoint_id=str(tmp))
+        torch.save({**train_state, "rng": _rng_state(), "world_size": world}, tmp / f"train_state_rank{rank:05d}.pt")
+        self._pending = (future, run_dir, step, tmp, final, world, model_config, recipe, keep_last)
+        if future is None:
+            self.wait()
+
+    def wait(self) -> Path | None:
+        """Finish the last save (waiting for its background write); its folder, or None."""
+        if self._pending is None:
+            return None
+        future, run_dir, step, tmp, final, world, model_config, recipe, keep_last = self._pending
+        self._pending = None
+        if future is not None:
+            future.result()
+        _barrier()
+        if _rank_and_world()[0] == 0:
+            (tmp / "config.json").write_text(json.dumps(
+                {"format": "pasture-checkpoint", "step": step, "world_size": world,
+                 "model": model_config.to_dict(), "recipe": recipe or {}}, indent=2, default=str) + "\n")
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            (tmp / "COMPLETE").write_text(json.dumps({"step": step, "files": _file_sizes(tmp)}) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            if keep_last:
+                for _, old in list_checkpoints(run_dir)[:-keep_last]:
+                    shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+        return final
 
 
 def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
@@ -217,6 +258,60 @@ def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer 
     if not train_state["resharded"]:
         _set_rng_state(train_state["rng"])
     return train_state
+
+
+def load_model(folder: Path, model: torch.nn.Module) -> None:
+    """Restore only the model weights from a checkpoint or weights folder, resharding as needed."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    validate(folder)
+    state = {"model": _model_state(model)}
+    try:
+        dcp.load(state, checkpoint_id=str(folder))
+    except Exception as e:
+        raise CheckpointCorrupt(f"cannot read {folder}: {type(e).__name__}: {e}") from None
+    set_model_state_dict(model, state["model"])
+
+
+def save_weights(folder: Path, model: torch.nn.Module, model_config: ModelConfig) -> Path:
+    """Model weights alone, written shard by shard by every rank, in the checkpoint layout
+    (so `pasture.model.load` and `read_model_state` open it)."""
+    import torch.distributed.checkpoint as dcp
+
+    folder = Path(folder)
+    rank, world = _rank_and_world()
+    if rank == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    _barrier()
+    dcp.save({"model": _model_state(model)}, checkpoint_id=str(folder))
+    _barrier()
+    if rank == 0:
+        (folder / "config.json").write_text(json.dumps(
+            {"format": "pasture-checkpoint", "world_size": world, "model": model_config.to_dict()}, indent=2) + "\n")
+        (folder / "COMPLETE").write_text(json.dumps({"files": _file_sizes(folder)}) + "\n")
+    _barrier()
+    return folder
+
+
+@torch.no_grad()
+def average_weights_into(model: torch.nn.Module, folders: list[Path]) -> None:
+    """Set `model` to the mean of the weights in `folders`; each rank averages only its own shards."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.tensor import DTensor
+
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if isinstance(t, DTensor) else t
+
+    sums: dict[str, torch.Tensor] = {}
+    for folder in folders:
+        state = {"model": _model_state(model)}  # the live parameters: loading overwrites them
+        dcp.load(state, checkpoint_id=str(folder))
+        for name, value in state["model"].items():
+            sums[name] = sums.get(name, 0) + local(value).double()
+    for name, value in _model_state(model).items():
+        local(value).copy_(sums[name] / len(folders))
 
 
 def read_config(folder: Path) -> dict[str, Any]:

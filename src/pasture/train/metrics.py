@@ -39,8 +39,14 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True,
+                 write: bool = True) -> None:
+        """`write=False` (every rank but the first of a distributed run) records nothing."""
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.write = write
+        if not write:
+            self._file, self._tb = None, None
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
@@ -70,6 +76,8 @@ class MetricsLog:
         os.replace(tmp, self.path)
 
     def log(self, kind: str, step: int, **values: Any) -> None:
+        if not self.write:
+            return
         record = {"kind": kind, "step": step, **values}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -79,6 +87,8 @@ class MetricsLog:
                     self._tb.add_scalar(f"{kind}/{key}", value, step)
 
     def close(self) -> None:
+        if not self.write:
+            return
         self._file.close()
         if self._tb is not None:
             self._tb.close()

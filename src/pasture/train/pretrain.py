@@ -12,6 +12,7 @@ run killed at any point and resumed produces bit-identical losses on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import resource
@@ -27,10 +28,12 @@ import torch
 from pasture.config import apply_overrides, build_dataclass, load_toml_recipe
 from pasture.errors import PastureError
 from pasture.model.config import ModelConfig, preset
-from pasture.model.info import flops_per_token
+from pasture.model.info import flops_per_token, num_params
 from pasture.train import checkpoint as ckpt
+from pasture.train import parallel
 from pasture.train.loss import IGNORE_INDEX, cross_entropy_sum
 from pasture.train.metrics import MetricsLog, peak_flops
+from pasture.train.parallel import Layout, ParallelConfig
 from pasture.train.schedule import OptimConfig, build_optimizer, learning_rate, stage_value, validate_stages
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -114,6 +117,7 @@ class PretrainRecipe:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     eval: EvalSection = field(default_factory=EvalSection)
     log: LogSection = field(default_factory=LogSection)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     resume: str = "never"  # never | auto | path to a checkpoint folder
     name: str = ""
 
@@ -159,11 +163,29 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> tuple[PretrainR
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device to train on; under torchrun, each process takes the GPU of its LOCAL_RANK."""
+    import os
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise PastureError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); (rank, world size)."""
+    import os
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    return _world()
 
 
 def _autocast_dtype(recipe: PretrainRecipe, device: torch.device) -> torch.dtype | None:
@@ -213,11 +235,13 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+def _all_reduce_sum(value: torch.Tensor, *groups) -> torch.Tensor:
+    """Sum over each process group in turn (none in a single process)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(value)
+    for group in groups:
+        if group is not None:
+            dist.all_reduce(value, group=group)
     return value
 
 
@@ -251,16 +275,23 @@ def _peak_memory_gb(device: torch.device) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, val_loader, device, autocast_dtype) -> dict[str, float]:
-    """Held-out loss (nats/token) and bits per byte over the validation batches."""
+def evaluate(model, val_loader, device, autocast_dtype, batch_loss=None) -> dict[str, float]:
+    """Held-out loss (nats/token) and bits per byte over the validation batches.
+
+    `batch_loss(inputs, targets, document_ids)` gives the summed loss of one batch when the
+    model is split over devices (every rank then evaluates every batch); default: the model's.
+    """
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64), 0
     for batch in val_loader:
         inputs = batch["inputs"].to(device)
         targets = batch["targets"].to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            hidden = model(inputs, batch["document_ids"].to(device), return_hidden=True)
-            total += cross_entropy_sum(hidden, model.output.weight, targets).double().cpu()
+        if batch_loss is not None:
+            total += batch_loss(inputs, targets, batch["document_ids"].to(device)).double().cpu()
+        else:
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                hidden = model(inputs, batch["document_ids"].to(device), return_hidden=True)
+                total += cross_entropy_sum(hidden, model.output.weight, targets).double().cpu()
         count += int((targets != IGNORE_INDEX).sum())
     model.train()
     loss = (total / max(count, 1)).item()
@@ -271,28 +302,161 @@ def evaluate(model, val_loader, device, autocast_dtype) -> dict[str, float]:
 # ---------------------------------------------------------------- the loop
 
 
+@dataclass
+class _Parallelism:
+    """How one process takes part in a run: its layout, groups and model pieces.
+
+    In a single process, `layout` is all ones, every group is None and `module` is the model.
+    """
+
+    layout: Layout
+    module: torch.nn.Module  # the parameters this rank holds, under the model's names
+    forward_model: torch.nn.Module | None  # the model to call (None when pipelined)
+    runner: parallel.PipelineRunner | None = None
+    pipeline_loss: "_PipelineLoss | None" = None
+    dp_group: Any = None  # ranks that see different rows of a batch
+    dp_cp_group: Any = None  # ranks whose losses add up to the batch loss
+    pp_group: Any = None
+    cp_mesh: Any = None
+    tp: bool = False
+
+    def loss_sum(self, model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of one micro-batch (vocabulary-parallel under TP)."""
+        if self.tp:
+            return parallel.vocab_parallel_loss_sum(model.output, hidden, targets)
+        return cross_entropy_sum(hidden, model.output.weight, targets)
+
+    def sequence_split(self, buffers: list[torch.Tensor]):
+        """Context parallel: shard these [B, T] buffers along the sequence for the block of code."""
+        if self.cp_mesh is None:
+            return contextlib.nullcontext()
+        return parallel.context_parallel_step(self.cp_mesh, buffers)
+
+
+class _PipelineLoss:
+    """The loss the pipeline schedule calls on the last stage per micro-batch: the chunked
+    cross-entropy scaled for the step's gradient, with the unscaled sum kept for logging."""
+
+    def __init__(self, par: _Parallelism, last_stage: torch.nn.Module | None) -> None:
+        self.par, self.last_stage = par, last_stage
+        self.scale = 1.0
+        self.total = torch.zeros(())
+
+    def __call__(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raw = self.par.loss_sum(self.last_stage, hidden, targets)
+        self.total = self.total + parallel.local_value(raw.detach()).cpu()
+        return raw * self.scale
+
+
+def _single_process(model: torch.nn.Module) -> _Parallelism:
+    return _Parallelism(Layout(1, 1, 1, 1, 1), module=model, forward_model=model)
+
+
+def _build_parallel(recipe: PretrainRecipe, config: ModelConfig, layout: Layout, device: torch.device,
+                    param_dtype: torch.dtype | None, rank: int) -> _Parallelism:
+    """Build the model on `meta`, apply the layout, then allocate and initialise only this rank's shards."""
+    from pasture.model.llama import Transformer
+
+    cfg, t = recipe.parallel, recipe.train
+    mesh = parallel.build_mesh(layout, device.type)
+    with torch.device("meta"):
+        model = Transformer(config, attention_backend=recipe.model.attention_backend)
+    par = _Parallelism(layout, module=model, forward_model=model, tp=layout.tp > 1,
+                       dp_group=mesh["dp"].get_group(), dp_cp_group=mesh["dp_cp"].get_group(),
+                       cp_mesh=mesh["cp"] if layout.cp > 1 else None)
+    parts = [model]
+    if layout.pp > 1:
+        pp_rank = mesh["pp"].get_local_rank()
+        par.module, parts, stage_ids = parallel.split_pipeline(model, cfg, layout, pp_rank)
+        par.forward_model, par.pp_group = None, mesh["pp"].get_group()
+        last = parts[-1] if par.module.output is not None else None
+        par.pipeline_loss = _PipelineLoss(par, last)
+        par.runner = parallel.PipelineRunner(parts, stage_ids, layout.pp * cfg.stages_per_rank, par.pp_group,
+                                             device, cfg.pp_schedule, par.pipeline_loss)
+    for part in parts:
+        if layout.tp > 1:
+            parallel.apply_tensor_parallel(part, mesh["tp"])
+        parallel.apply_activation_checkpointing(part, cfg)
+        if t.compile:
+            for block in part.layers:
+                block.compile()
+        if layout.fsdp:
+            parallel.apply_fsdp(part, parallel.fsdp_mesh(mesh, layout), param_dtype, cfg.fsdp_reshard_after_forward)
+    par.module.to_empty(device=device)
+    # DTensor draws distinct shards from one seed only on CUDA; on CPU, and across pipeline
+    # stages (which hold different layers), distinct seeds keep shards from repeating
+    offset = rank if device.type != "cuda" else (mesh["pp"].get_local_rank() if layout.pp > 1 else 0)
+    torch.manual_seed(t.seed + offset)
+    model.init_weights(buffer_device=device)
+    for part in parts:
+        part.init_rope(device)
+    if recipe.model.init_from:
+        _load_initial_weights(recipe.model.init_from, par.module, config)
+    return par
+
+
+def _load_initial_weights(source: str, module: torch.nn.Module, config: ModelConfig) -> None:
+    """Continued pre-training on sharded models: a training checkpoint is read shard by shard
+    (DCP reshards); any other model folder is read whole and scattered."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if ckpt.is_run_or_checkpoint(Path(source)):
+        ckpt.load_model(ckpt.resolve(Path(source)), module)
+        return
+    from pasture.model import load
+
+    whole, source_config = load(source)
+    if source_config != config:
+        raise PastureError(f"model.init_from={source} has a different model config than the recipe")
+    wanted = set(module.state_dict())
+    state = {k: v for k, v in whole.state_dict().items() if k in wanted}
+    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def _batch_checks(recipe: PretrainRecipe, layout: Layout) -> list[int]:
+    """Check every (batch size, sequence length) the ramp and stages can combine; the sequence lengths."""
+    t = recipe.train
+    seq_stages = t.seq_len_stages or [[0, t.seq_len]]
+    ramp = t.batch_ramp or [[0, None]]
+    ends = lambda stages, i: stages[i + 1][0] if i + 1 < len(stages) else math.inf  # noqa: E731
+    for i, (seq_from, seq_len) in enumerate(seq_stages):
+        for j, (batch_from, batch_tokens) in enumerate(ramp):
+            if batch_from < ends(seq_stages, i) and seq_from < ends(ramp, j):
+                batch_size = int(batch_tokens) // int(seq_len) if batch_tokens else t.batch_size
+                parallel.check_batch(batch_size, t.micro_batch_size or max(1, batch_size // layout.dp),
+                                     recipe.parallel, layout)
+    return [int(s) for _, s in seq_stages]
+
+
 def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
-    """Train per `recipe`; returns a summary (final losses, steps, run folder)."""
+    """Train per `recipe`; returns a summary (final losses, steps, run folder).
+
+    Launched by torchrun with several processes, the run follows `recipe.parallel`;
+    in one process it trains the whole model on one device.
+    """
     from tqdm import tqdm
 
     from pasture.model import build
     from pasture.train.loader import ValidationLoader
 
     t, o = recipe.train, recipe.optim
-    rank, world = _world()
     device = resolve_device(t.device)
+    rank, world = init_distributed(device)
     autocast_dtype = _autocast_dtype(recipe, device)
     if t.threads:
         torch.set_num_threads(t.threads)
     run_dir = Path(recipe.log.dir)
+    layout = parallel.resolve_layout(recipe.parallel, world)
+    seq_lens = _batch_checks(recipe, layout)
+    dp_rank = layout.coordinates(rank)["dp"]
 
-    # data
-    loader, datasets = _loader(recipe.data.train, recipe.data.weights, recipe.data.seed, rank, world)
+    # data: each data-parallel rank reads its own rows; TP/CP/PP peers read the same ones
+    loader, datasets = _loader(recipe.data.train, recipe.data.weights, recipe.data.seed, dp_rank, layout.dp)
     vocab = max(d.vocab_size for d in datasets)
     anneal_loader = None
     if t.anneal_steps and recipe.data.anneal:
         anneal_loader, anneal_sets = _loader(recipe.data.anneal, recipe.data.anneal_weights,
-                                             recipe.data.seed + 1, rank, world)
+                                             recipe.data.seed + 1, dp_rank, layout.dp)
         vocab = max(vocab, *(d.vocab_size for d in anneal_sets))
     val_loader = None
     if recipe.eval.every or recipe.eval.batches:
@@ -301,20 +465,29 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
 
     # model and optimizer
     config = build_model_config(recipe, vocab)
-    torch.manual_seed(t.seed)
-    model = build(config, device=device, attention_backend=recipe.model.attention_backend)
-    if recipe.model.init_from:
-        from pasture.model import load
+    parallel.validate(recipe.parallel, layout, config, seq_lens=seq_lens, document_mask=t.document_mask,
+                      device_type=device.type)
+    if world > 1:
+        par = _build_parallel(recipe, config, layout, device, autocast_dtype, rank)
+    else:
+        torch.manual_seed(t.seed)
+        model = build(config, device=device, attention_backend=recipe.model.attention_backend)
+        if recipe.model.init_from:
+            from pasture.model import load
 
-        source, source_config = load(recipe.model.init_from, device=device)
-        if source_config != config:
-            raise PastureError(f"model.init_from={recipe.model.init_from} has a different model config than the recipe")
-        model.load_state_dict(source.state_dict())
+            source, source_config = load(recipe.model.init_from, device=device)
+            if source_config != config:
+                raise PastureError(f"model.init_from={recipe.model.init_from} has a different model config than the recipe")
+            model.load_state_dict(source.state_dict())
+        parallel.apply_activation_checkpointing(model, recipe.parallel)
+        if t.compile:
+            for layer in model.layers:
+                layer.compile()
+        par = _single_process(model)
+    model = par.module
     model.train()
-    if t.compile:
-        for layer in model.layers:
-            layer.compile()
     optimizer = build_optimizer(model, o)
+    params = [p for p in model.parameters()]
 
     # resume
     step, tokens_seen, skipped_total = 0, 0, 0
@@ -330,14 +503,78 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
         run_dir.mkdir(parents=True, exist_ok=True)
     _record_run_files(run_dir, raw_recipe, datasets, rank)
     metrics = MetricsLog(run_dir, resume_step=step if resume_from else None,
-                         tensorboard=recipe.log.tensorboard and rank == 0)
+                         tensorboard=recipe.log.tensorboard and rank == 0, write=rank == 0)
+    saver = ckpt.Checkpointer(asynchronous=recipe.parallel.async_checkpoint)
 
-    def save(at_step: int) -> Path:
+    def save(at_step: int) -> None:
         train_state = {"step": at_step, "tokens_seen": tokens_seen, "skipped_steps": skipped_total,
                        "loader": loader.state_dict(),
                        "anneal_loader": anneal_loader.state_dict() if anneal_loader is not None else None}
-        return ckpt.save(run_dir, at_step, model, optimizer, train_state, config, raw_recipe,
-                         keep_last=recipe.checkpoint.keep_last)
+        saver.save(run_dir, at_step, model, optimizer, train_state, config, raw_recipe,
+                   keep_last=recipe.checkpoint.keep_last)
+
+    def micro_batches(source, batch_size: int, seq_len: int) -> tuple[list[dict[str, Any]], int]:
+        """This rank's rows of one step, as pipeline runs or plain micro-batches; and the
+        micro-batches per pipeline run."""
+        micro = t.micro_batch_size or max(1, batch_size // layout.dp)
+        count, per_run = parallel.check_batch(batch_size, micro, recipe.parallel, layout)
+        if par.runner is not None:
+            return [source.next_batch(micro * per_run, seq_len) for _ in range(count // per_run)], per_run
+        return [source.next_batch(micro, seq_len) for _ in range(count)], 1
+
+    def forward_backward(batches: list[dict[str, Any]], per_run: int, n_targets: torch.Tensor) -> torch.Tensor:
+        """Accumulate the step's gradients; returns this rank's summed loss.
+
+        Each micro-batch loss is divided by the global target count and multiplied by the
+        number of ranks FSDP averages gradients over, so the reduced gradient is the
+        gradient of the mean loss over the whole batch.
+        """
+        grad_scale = layout.dp * layout.cp
+        loss_sum = torch.zeros((), device=device)
+        for b in batches:
+            inputs, targets = b["inputs"].to(device), b["targets"].to(device)
+            doc_ids = b["document_ids"].to(device) if t.document_mask else None
+            if par.runner is not None:
+                par.pipeline_loss.scale = grad_scale / n_targets
+                par.pipeline_loss.total = torch.zeros(())
+                kwargs = {"document_ids": doc_ids} if doc_ids is not None else {}
+                par.runner.step(inputs, targets, per_run, **kwargs)
+                loss_sum += par.pipeline_loss.total.to(device)
+                continue
+            positions = None
+            if par.cp_mesh is not None:
+                positions = torch.arange(inputs.shape[1], device=device).expand_as(inputs).contiguous()
+            with par.sequence_split([inputs, targets, positions] if positions is not None else []):
+                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                    hidden = par.forward_model(inputs, doc_ids, return_hidden=True, positions=positions)
+                    micro_loss = par.loss_sum(par.forward_model, hidden, targets)
+                (micro_loss / n_targets * grad_scale).backward()
+            loss_sum += parallel.local_value(micro_loss.detach())
+        return loss_sum
+
+    def validation() -> dict[str, float]:
+        if par.runner is not None:
+            return evaluate(model, val_loader, device, autocast_dtype, batch_loss=pipeline_batch_loss)
+        if world > 1:
+            return evaluate(model, val_loader, device, autocast_dtype, batch_loss=sharded_batch_loss)
+        return evaluate(model, val_loader, device, autocast_dtype)
+
+    def sharded_batch_loss(inputs, targets, doc_ids) -> torch.Tensor:
+        positions = None
+        if par.cp_mesh is not None:
+            positions = torch.arange(inputs.shape[1], device=device).expand_as(inputs).contiguous()
+        with par.sequence_split([inputs, targets, positions] if positions is not None else []):
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                hidden = par.forward_model(inputs, doc_ids if t.document_mask else None, return_hidden=True,
+                                           positions=positions)
+                total = parallel.local_value(par.loss_sum(par.forward_model, hidden, targets))
+        return _all_reduce_sum(total.float(), par.cp_mesh.get_group() if par.cp_mesh is not None else None)
+
+    def pipeline_batch_loss(inputs, targets, doc_ids) -> torch.Tensor:
+        par.pipeline_loss.scale, par.pipeline_loss.total = 1.0, torch.zeros(())
+        kwargs = {"document_ids": doc_ids} if t.document_mask else {}
+        par.runner.evaluate(inputs, targets, **kwargs)
+        return _all_reduce_sum(par.pipeline_loss.total.to(device), par.pp_group)
 
     peak = peak_flops(device)
     consecutive_bad = 0
@@ -350,29 +587,16 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
             started = time.perf_counter()
             seq_len = stage_value(t.seq_len_stages, tokens_seen, "train.seq_len_stages") if t.seq_len_stages else t.seq_len
             batch_size = (stage_value(t.batch_ramp, tokens_seen, "train.batch_ramp") // seq_len) if t.batch_ramp else t.batch_size
-            micro = t.micro_batch_size or max(1, batch_size // world)
-            if batch_size % (micro * world):
-                raise PastureError(
-                    f"batch of {batch_size} sequences is not divisible by micro_batch_size={micro} x {world} ranks"
-                )
-            accumulation = batch_size // (micro * world)
             lr = learning_rate(step, t.steps, o, t.anneal_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             source = anneal_loader if (anneal_loader is not None and step >= anneal_start) else loader
-            batches = [source.next_batch(micro, seq_len) for _ in range(accumulation)]
+            batches, per_run = micro_batches(source, batch_size, seq_len)
             n_targets = _all_reduce_sum(torch.tensor(
-                float(sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in batches)), device=device))
-            loss_sum = torch.zeros((), device=device)
-            for b in batches:
-                doc_ids = b["document_ids"].to(device) if t.document_mask else None
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                    hidden = model(b["inputs"].to(device), doc_ids, return_hidden=True)
-                    micro_loss = cross_entropy_sum(hidden, model.output.weight, b["targets"].to(device))
-                (micro_loss / n_targets * world).backward()
-                loss_sum += micro_loss.detach()
-            loss = (_all_reduce_sum(loss_sum) / n_targets).item()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or float("inf")).item()
+                float(sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in batches)), device=device), par.dp_group)
+            loss_sum = forward_backward(batches, per_run, n_targets)
+            loss = (_all_reduce_sum(loss_sum, par.dp_cp_group, par.pp_group) / n_targets).item()
+            grad_norm = parallel.clip_gradients(params, o.grad_clip or float("inf"), par.pp_group)
             bad = not math.isfinite(loss) or not math.isfinite(grad_norm) or (
                 t.max_grad_norm > 0 and grad_norm > t.max_grad_norm)
             if bad:
@@ -391,6 +615,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
             if consecutive_bad >= t.max_bad_steps:
                 metrics.close()
                 bar.close()
+                saver.wait()
                 last = ckpt.latest_valid(run_dir)
                 raise TrainingDiverged(
                     f"{consecutive_bad} consecutive steps had a non-finite loss or exploding gradient "
@@ -407,23 +632,24 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
             bar.update(1)
             if val_loader is not None and recipe.eval.every and step % recipe.eval.every == 0 and step < t.steps:
-                metrics.log("val", step, **evaluate(model, val_loader, device, autocast_dtype))
+                metrics.log("val", step, **validation())
             if recipe.checkpoint.anneal_every and step > anneal_start and (step - anneal_start) % recipe.checkpoint.anneal_every == 0:
-                _save_anneal_weights(run_dir, step, model, config, rank)
+                _save_anneal_weights(run_dir, step, model, config, rank, world)
             if step == t.steps or (recipe.checkpoint.every and step % recipe.checkpoint.every == 0) or stop.requested:
                 save(step)
             if stop.requested:
                 log(f"stopped by signal at step {step}; checkpoint saved, resume with resume=auto")
                 break
     bar.close()
+    saver.wait()
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": step, "tokens_seen": tokens_seen,
                                "skipped_steps": skipped_total, "final_loss": last_loss,
-                               "params": sum(p.numel() for p in model.parameters())}
+                               "params": num_params(config)}
     if step == t.steps:
         if recipe.checkpoint.anneal_every and t.anneal_steps:
-            summary["averaged"] = str(_average_anneal_weights(run_dir, model, config, rank, log))
+            summary["averaged"] = str(_average_anneal_weights(run_dir, model, config, rank, world, log))
         if val_loader is not None:
-            final_val = evaluate(model, val_loader, device, autocast_dtype)
+            final_val = validation()
             metrics.log("val", step, **final_val)
             summary.update(final_val)
     metrics.close()
@@ -459,22 +685,34 @@ def _record_run_files(run_dir: Path, raw_recipe: dict[str, Any] | None, datasets
         shutil.copyfile(path, run_dir / "tokenizer.model")
 
 
-def _save_anneal_weights(run_dir: Path, step: int, model, config: ModelConfig, rank: int) -> None:
+def _save_anneal_weights(run_dir: Path, step: int, model, config: ModelConfig, rank: int, world: int) -> None:
     from pasture.model.convert import write_checkpoint
 
-    if rank == 0:
+    folder = run_dir / "anneal" / f"step_{step:08d}"
+    if world > 1:  # sharded weights: every rank writes its shards
+        ckpt.save_weights(folder, model, config)
+    elif rank == 0:
         state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
         write_checkpoint(state, config, run_dir / "anneal" / f"step_{step:08d}", "pasture")
 
 
-def _average_anneal_weights(run_dir: Path, model, config: ModelConfig, rank: int, log) -> Path:
-    """Average the weights kept during annealing into one model (Llama 3 §3.4.3)."""
+def _average_anneal_weights(run_dir: Path, model, config: ModelConfig, rank: int, world: int, log) -> Path:
+    """Average the weights kept during annealing into one model (Llama 3 §3.4.3).
+
+    Over several processes each rank averages its own shards into the live model, which
+    then holds the averaged weights, and they are written as a sharded weights folder.
+    """
     from pasture.model.convert import read_checkpoint, write_checkpoint
 
     out = run_dir / "averaged"
+    folders = sorted((run_dir / "anneal").glob("step_*"))
+    if world > 1:
+        ckpt.average_weights_into(model, folders)
+        ckpt.save_weights(out, model, config)
+        log(f"averaged {len(folders)} annealing checkpoints into {out}")
+        return out
     if rank != 0:
         return out
-    folders = sorted((run_dir / "anneal").glob("step_*"))
     total: dict[str, torch.Tensor] = {}
     for folder in folders:
         state, _, _ = read_checkpoint(folder)

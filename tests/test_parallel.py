@@ -1,0 +1,210 @@
+"""Distributed pre-training on CPU: gloo processes launched by torchrun, compared with one process.
+
+Every multi-process run starts from the same saved initial weights (model.init_from) as
+its one-process reference and trains on the same global batches, so the losses must agree
+up to float summation order.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pasture.cli import main
+from pasture.model import build, save
+from pasture.model.config import preset
+from pasture.train import checkpoint as ckpt
+from pasture.train import parallel as par
+from pasture.train import pretrain as pt
+from pasture.train.metrics import read_metrics
+from pasture.train.shards import SplitWriter, write_index
+
+VOCAB = 256
+MODEL = ["model.dim=64", "model.n_layers=4", "model.n_heads=4", "model.n_kv_heads=2", "model.multiple_of=32",
+         f"model.vocab_size={VOCAB}"]
+UNTIED = ["model.tie_embeddings=false"]
+TOLERANCE = 2e-5  # relative; fp32 sums in another order
+
+
+@pytest.fixture(scope="module")
+def token_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tokens")
+    rng = np.random.default_rng(0)
+    index = {"format": "pasture-tokens", "version": 1, "dtype": "uint32", "vocab_size": VOCAB,
+             "tokenizer": None, "bos_id": VOCAB - 2, "eos_id": VOCAB - 1, "splits": {}}
+    for split, n in (("train", 200), ("val", 20)):
+        writer = SplitWriter(out, split, 5_000)
+        for _ in range(n):
+            length, start, stride = int(rng.integers(10, 60)), int(rng.integers(0, 250)), int(rng.integers(1, 4))
+            body = (start + np.arange(length) * stride) % (VOCAB - 2)
+            writer.add(np.concatenate([[VOCAB - 2], body, [VOCAB - 1]]).astype(np.uint32), text_bytes=3 * (length + 2))
+        index["splits"][split] = writer.finish()
+    write_index(out, index)
+    return out
+
+
+def initial_weights(folder, tied: bool):
+    """One random initialisation saved as a model folder, shared by every run of a comparison."""
+    if not folder.exists():
+        config = preset("tiny").replace(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, multiple_of=32,
+                                        vocab_size=VOCAB, tie_embeddings=tied)
+        save(build(config, seed=1), folder)
+    return folder
+
+
+def recipe_args(data, run_dir, init, *extra):
+    return [f"data.train=[\"{data}\"]", f"log.dir=\"{run_dir}\"", "log.progress=false", "log.tensorboard=false", "log.every=1",
+            "train.seq_len=32", "train.batch_size=4", "train.batch_ramp=[]", "train.threads=1", "train.steps=4",
+            "train.anneal_steps=0", "optim.lr=0.01", "optim.warmup_steps=1", "eval.every=0", "eval.batches=2",
+            "eval.batch_size=2", "checkpoint.every=100", "checkpoint.anneal_every=0", f"model.init_from=\"{init}\"",
+            *MODEL, *extra]
+
+
+def one_process(args):
+    recipe, raw = pt.load_recipe("tiny", args)
+    return pt.pretrain(recipe, raw, log=lambda *_: None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, args, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISTRIBUTED_DEBUG": "OFF", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
+           "-m", "pasture.cli", "pretrain", "tiny", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_distributed(nproc: int, args):
+    done = torchrun(nproc, args)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir, "train")]
+
+
+def assert_same_losses(got, want):
+    assert [s for s, _ in got] == [s for s, _ in want]
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=TOLERANCE)
+
+
+def test_fsdp_on_two_ranks_matches_one_process(token_data, tmp_path):
+    init = initial_weights(tmp_path / "init", tied=True)  # tied embeddings stay tied under FSDP
+    extra = ["eval.every=2"]
+    summary = one_process(recipe_args(token_data, tmp_path / "one", init, *extra))
+    run_distributed(2, recipe_args(token_data, tmp_path / "fsdp", init, *extra))
+    assert_same_losses(losses(tmp_path / "fsdp"), losses(tmp_path / "one"))
+    ref = losses(tmp_path / "one")
+    assert ref[-1][1] < ref[0][1]  # it learns: the comparison is not between two constant curves
+    fsdp_val = [r["val_loss"] for r in read_metrics(tmp_path / "fsdp", "val")]
+    one_val = [r["val_loss"] for r in read_metrics(tmp_path / "one", "val")]
+    np.testing.assert_allclose(fsdp_val, one_val, rtol=TOLERANCE)
+    assert summary["tokens_seen"] == 4 * 4 * 32
+    norms = [r["grad_norm"] for r in read_metrics(tmp_path / "fsdp", "train")]
+    np.testing.assert_allclose(norms, [r["grad_norm"] for r in read_metrics(tmp_path / "one", "train")], rtol=1e-4)
+
+
+def test_tensor_parallel_two_ranks_matches_one_process(token_data, tmp_path):
+    init = initial_weights(tmp_path / "init", tied=False)
+    extra = [*UNTIED, "parallel.tp=2", "parallel.dp_shard=1", "eval.every=2"]
+    one_process(recipe_args(token_data, tmp_path / "one", init, *UNTIED, "eval.every=2"))
+    run_distributed(2, recipe_args(token_data, tmp_path / "tp", init, *extra))
+    assert_same_losses(losses(tmp_path / "tp"), losses(tmp_path / "one"))
+    np.testing.assert_allclose([r["val_loss"] for r in read_metrics(tmp_path / "tp", "val")],
+                               [r["val_loss"] for r in read_metrics(tmp_path / "one", "val")], rtol=TOLERANCE)
+
+
+@pytest.mark.parametrize("schedule", ["1F1B", "Interleaved1F1B"])
+def test_pipeline_two_ranks_matches_one_process(token_data, tmp_path, schedule):
+    init = initial_weights(tmp_path / "init", tied=False)
+    one_process(recipe_args(token_data, tmp_path / "one", init, *UNTIED, "train.micro_batch_size=1"))
+    run_distributed(2, recipe_args(token_data, tmp_path / "pp", init, *UNTIED, "parallel.pp=2",
+                                   f"parallel.pp_schedule=\"{schedule}\"", "train.micro_batch_size=1"))
+    assert_same_losses(losses(tmp_path / "pp"), losses(tmp_path / "one"))
+
+
+def test_checkpoint_from_two_ranks_resumes_on_one_and_four(token_data, tmp_path):
+    init = initial_weights(tmp_path / "init", tied=True)
+    one_process(recipe_args(token_data, tmp_path / "straight", init))
+    want = dict(losses(tmp_path / "straight"))
+
+    saved = tmp_path / "saved"
+    run_distributed(2, recipe_args(token_data, saved, init, "train.steps=3", "checkpoint.every=3",
+                                   "parallel.async_checkpoint=true"))
+    checkpoint = ckpt.latest_valid(saved)
+    assert checkpoint.name == "step_00000003"
+    assert sorted(p.name for p in checkpoint.glob("train_state_rank*.pt")) == [
+        "train_state_rank00000.pt", "train_state_rank00001.pt"]
+
+    for world in (1, 4):
+        run = tmp_path / f"resumed{world}"
+        shutil.copytree(saved, run)
+        args = recipe_args(token_data, run, init, "resume=\"auto\"")
+        one_process(args) if world == 1 else run_distributed(world, args)
+        got = dict(losses(run))
+        assert sorted(got) == [1, 2, 3, 4]
+        np.testing.assert_allclose(got[4], want[4], rtol=TOLERANCE)
+
+
+def test_layout_arithmetic_and_coordinates():
+    layout = par.resolve_layout(par.ParallelConfig(dp_replicate=2, tp=8, pp=16), 16384)
+    assert (layout.dp_shard, layout.dp, layout.world_size) == (64, 128, 16384)
+    small = par.Layout(dp_replicate=1, dp_shard=2, tp=2, cp=1, pp=2)
+    # row-major over (pp, dp_replicate, dp_shard, cp, tp): tp neighbours are consecutive ranks
+    assert [small.coordinates(r)["tp"] for r in range(8)] == [0, 1] * 4
+    assert [small.coordinates(r)["dp"] for r in range(8)] == [0, 0, 1, 1] * 2
+    assert [small.coordinates(r)["pp"] for r in range(8)] == [0] * 4 + [1] * 4
+    assert par.stage_layer_ids(126, 16)[0] == range(0, 7)  # 405B: one block fewer on the first stage
+    assert par.stage_layer_ids(126, 16)[-1] == range(119, 126)  # ... and on the last
+    assert all(len(r) == 8 for r in par.stage_layer_ids(126, 16)[1:-1])
+    assert par.stage_layer_ids(4, 2) == [range(0, 2), range(2, 4)]
+
+
+@pytest.mark.parametrize("overrides, world, message", [
+    (["parallel.tp=3", "parallel.dp_shard=1"], 3, "does not divide model.n_heads=4"),
+    (["parallel.tp=4", "parallel.dp_shard=1"], 4, "does not divide model.n_kv_heads=2"),
+    (["parallel.tp=2"], 3, "world size 3 is not divisible by dp_replicate*tp*cp*pp = 2"),
+    (["parallel.dp_shard=2"], 4, "does not match the world size 4"),
+    (["parallel.pp=8", "parallel.dp_shard=1", *UNTIED], 8, "8 pipeline stages"),
+    (["parallel.pp=2", "parallel.dp_shard=1"], 2, "needs untied embeddings"),
+    (["parallel.cp=2", "parallel.dp_shard=1"], 2, "set train.document_mask=false"),
+    (["parallel.cp=2", "parallel.dp_shard=1", "train.document_mask=false"], 2, "needs CUDA"),
+    (["parallel.pp=2", "parallel.dp_shard=1", "parallel.pp_microbatches=3", "train.micro_batch_size=1", *UNTIED], 2,
+     "4 micro-batches per data-parallel rank are not divisible by parallel.pp_microbatches=3"),
+    (["train.micro_batch_size=3"], 2, "not divisible by micro_batch_size=3 x 2 data-parallel ranks"),
+    (["parallel.activation_checkpoint=\"some\""], 1, "activation_checkpoint must be one of"),
+])
+def test_bad_layouts_fail_before_any_work(token_data, tmp_path, overrides, world, message):
+    recipe, _ = pt.load_recipe("tiny", recipe_args(token_data, tmp_path / "run", "", *overrides))
+    recipe.model.init_from = ""
+    config = pt.build_model_config(recipe, VOCAB)
+    with pytest.raises(par.ParallelConfigError, match=message.replace("*", r"\*")):
+        layout = par.resolve_layout(recipe.parallel, world)
+        seq_lens = pt._batch_checks(recipe, layout)
+        par.validate(recipe.parallel, layout, config, seq_lens=seq_lens, document_mask=recipe.train.document_mask,
+                     device_type="cpu")
+
+
+def test_mismatched_layout_stops_the_cli_before_training(token_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = recipe_args(token_data, run, "", "parallel.tp=2")
+    assert main(["pretrain", "tiny", *[a for a in args if not a.startswith("model.init_from")]]) == 2
+    assert "does not match the world size 1" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_two_ranks_with_a_bad_layout_exit_with_the_message(token_data, tmp_path):
+    done = torchrun(2, recipe_args(token_data, tmp_path / "run", initial_weights(tmp_path / "init", tied=True),
+                                   "parallel.tp=2", "parallel.dp_shard=1"), timeout=120)
+    assert done.returncode != 0
+    assert "needs untied embeddings" in done.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
