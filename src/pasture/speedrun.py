@@ -23,7 +23,7 @@ import numpy as np
 from pasture.errors import PastureError
 
 RUN_LAYOUT = {
-    "sources/": "gathered documents (documents.jsonl.zst) and what was read from where",
+    "sources/": "gathered documents (documents-NNNNN.jsonl.zst shards)",
     "curated/": "curation output: kept documents, rejects with reasons, stats.json / stats.md",
     "tokenizer/": "the trained tokenizer.model (tiktoken format) and its stats",
     "tokens/": "token shards (train and val splits) and index.json",
@@ -87,7 +87,7 @@ class Stages:
 def gather_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     from pasture.data.gather import default_roots, gather
 
-    out = cfg.run_dir / "sources" / "documents.jsonl.zst"
+    out = cfg.run_dir / "sources"
     if cfg.sources:
         return {"documents_path": None, "inputs": list(cfg.sources), "roots": {}, "documents": None,
                 "bytes": None, "max_bytes": None, "note": "user-given sources, read by the curation stage"}
@@ -97,7 +97,7 @@ def gather_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     result = gather(roots, out, cfg.max_bytes, seed=cfg.seed, progress=cfg.progress)
     if result["documents"] == 0:
         raise PastureError("the default roots held no readable text; pass --source FILES")
-    return {**result, "documents_path": str(out), "inputs": [str(out)]}
+    return {**result, "inputs": [str(out)]}
 
 
 def curation_recipe(cfg: SpeedrunConfig, inputs: list[str]) -> dict[str, Any]:
@@ -112,8 +112,11 @@ def curation_recipe(cfg: SpeedrunConfig, inputs: list[str]) -> dict[str, Any]:
     # Prose rules (stop words, alphabetic words, bullets, '#' ratio) would drop every
     # Python file; code is wanted here. Repetition, dirty words, KL outliers and
     # length stay on, as do language tags, PII masking and domain tags.
+    # Source code repeats n-grams by nature, so the Gopher n-gram rules are off too;
+    # the duplicate line/paragraph rules still catch logs and generated tables.
     recipe["heuristic"] = {"enabled": True, "min_words": 20, "min_alpha_words": None, "min_stop_words": None,
-                           "max_hash_ratio": None, "max_bullet_lines": None, "max_ellipsis_lines": None}
+                           "max_hash_ratio": None, "max_bullet_lines": None, "max_ellipsis_lines": None,
+                           "top_ngram_max": {}, "dup_ngram_max": {}}
     recipe["language"] = {"enabled": True, "min_score": 0.0}
     recipe["mix"] = {"enabled": False}
     recipe["engine"]["fit_sample_docs"] = 2000
@@ -126,7 +129,7 @@ def curate_stage(cfg: SpeedrunConfig, gathered: dict[str, Any]) -> dict[str, Any
     from pasture.data.curate import run_curation
 
     stats = run_curation(curation_recipe(cfg, gathered["inputs"]))
-    return {**stats, "outputs": [str(cfg.run_dir / "curated" / "output")],
+    return {**stats, "outputs": [str(cfg.run_dir / "curated" / "data")],
             "note": "Llama 3 pipeline: URL de-duplication, MinHash, line de-duplication, heuristic filters "
                     "(code-friendly settings), language id, safety/PII, domain tags."}
 
@@ -141,8 +144,9 @@ def tokenizer_stage(cfg: SpeedrunConfig, docs: list[str]) -> dict[str, Any]:
 def tokenize_stage(cfg: SpeedrunConfig, docs: list[str], tokenizer_path: str) -> dict[str, Any]:
     from pasture.train.tokenize import tokenize_documents
 
+    # overwrite: a dataset left by an interrupted attempt of this stage is never a finished one
     return tokenize_documents(docs, tokenizer_path, cfg.run_dir / "tokens", val_fraction=cfg.val_fraction,
-                              progress=cfg.progress)
+                              progress=cfg.progress, overwrite=True)
 
 
 def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
@@ -230,9 +234,12 @@ def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
 
 
 def _curation_summary(curated: dict[str, Any]) -> dict[str, Any]:
+    """Per-stage rows (docs and bytes in/out, removal reasons) for the report card."""
     if curated.get("skipped"):
         return {"note": curated["note"], "stages": []}
-    return {"note": curated.get("note", ""), "stages": curated.get("stages", [])}
+    rows = [{"stage": name, **{k: v for k, v in stage.items() if k != "removed"}, "reasons": stage.get("removed", {})}
+            for name, stage in curated.get("stages", {}).items() if stage.get("docs_in")]
+    return {"note": curated.get("note", ""), "stages": rows}
 
 
 def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

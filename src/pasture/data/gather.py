@@ -108,7 +108,7 @@ def shuffled_by_root(files: list[tuple[Root, Path]], seed: int) -> dict[str, lis
     return by_root
 
 
-_ROFF_ESCAPE = re.compile(r"\\f[BIRP]|\\f\(..|\\\(..|\\[-e&|^]|\\s[+-]?\d")
+_ROFF_ESCAPE = re.compile(r"\\f[BIRP]|\\f\(..|\\\(..|\\[&|^]|\\s[+-]?\d")
 
 
 def man_to_text(roff: str) -> str:
@@ -126,7 +126,8 @@ def man_to_text(roff: str) -> str:
             elif parts[0] in (".PP", ".P", ".LP", ".TP", ".IP"):
                 lines.append("")
             continue
-        lines.append(_ROFF_ESCAPE.sub("", line).replace("\\", ""))
+        line = line.replace("\\-", "-").replace("\\e", "\\")
+        lines.append(_ROFF_ESCAPE.sub("", line))
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
@@ -173,8 +174,10 @@ def _html_extractor():
         return lambda html: tag.sub(" ", html)
 
 
-def gather(roots: list[Root], out_path: Path, max_bytes: int, seed: int = 0, progress: bool = True) -> dict:
-    """Write up to `max_bytes` of text from `roots` to one documents file; returns what was read.
+def gather(roots: list[Root], out_dir: Path, max_bytes: int, seed: int = 0, progress: bool = True,
+           shards: int = 4) -> dict:
+    """Write up to `max_bytes` of text from `roots` into `shards` documents files (so later
+    stages can work on them in parallel); returns what was read.
 
     The next file always comes from the root with the fewest bytes taken so far, so the
     budget is shared evenly between roots (a root that runs out leaves its share to the rest).
@@ -187,8 +190,8 @@ def gather(roots: list[Root], out_path: Path, max_bytes: int, seed: int = 0, pro
                          "documents": 0, "bytes": 0} for r in roots}
     by_name = {r.name: r for r in roots}
     total = 0
-    with DocumentWriter(out_path) as writer, tqdm(total=max_bytes, unit="B", unit_scale=True,
-                                                   desc="gather", disable=not progress) as bar:
+    writers = [DocumentWriter(Path(out_dir) / f"documents-{i:05d}.jsonl.zst") for i in range(shards)]
+    with tqdm(total=max_bytes, unit="B", unit_scale=True, desc="gather", disable=not progress) as bar:
         while total < max_bytes:
             open_roots = [name for name, paths in queues.items() if paths]
             if not open_roots:
@@ -198,13 +201,15 @@ def gather(roots: list[Root], out_path: Path, max_bytes: int, seed: int = 0, pro
             if doc is None:
                 continue
             size = len(doc.text.encode("utf-8"))
-            writer.write(doc)
+            writers[sum(w.count for w in writers) % shards].write(doc)
             total += size
             per_root[name]["documents"] += 1
             per_root[name]["bytes"] += size
             bar.update(min(size, max_bytes - bar.n))
-    return {"roots": per_root, "documents": writer.count, "bytes": total, "max_bytes": max_bytes,
-            "seed": seed, "output": str(out_path)}
+    for w in writers:
+        w.close()
+    return {"roots": per_root, "documents": sum(w.count for w in writers), "bytes": total, "max_bytes": max_bytes,
+            "seed": seed, "output": str(out_dir)}
 
 
 def iter_source_files(patterns: list[str]) -> Iterator[Path]:

@@ -6,6 +6,13 @@ no gap, so a row may straddle two epochs. Rows are cut contiguously: a row of le
 takes T stream tokens as inputs and the token after them as its last target, and the
 next row starts at that token. Over an epoch every token is an input exactly once.
 
+Lanes: with `lanes=L`, each epoch's stream is cut into L contiguous regions and
+successive rows are read from successive lanes, each lane with its own cursor (a
+lane that reaches its region's end continues in its region of the next epoch). Rows
+of one batch then come from L far-apart places in the stream instead of the same few
+documents, which matters when documents are long and batches small; every token is
+still an input exactly once per epoch of its lane.
+
 Rows of one step are dealt round robin over data-parallel ranks (rank r takes rows
 r, r+W, r+2W, ... of the step), and with several sources each row's source is drawn
 from a seeded RNG. Every rank computes the same draws and the same cursors, so the
@@ -26,7 +33,7 @@ from pasture.errors import PastureError
 from pasture.train.shards import TokenDataset
 
 IGNORE_INDEX = -100
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class LoaderError(PastureError):
@@ -59,9 +66,6 @@ class _TokenStream:
                 del self._epochs[min(self._epochs)]
             self._epochs[epoch] = (order, np.cumsum(self.lengths[order]))
         return self._epochs[epoch]
-
-    def epoch_of(self, position: int) -> int:
-        return position // self.tokens_per_epoch
 
     def read(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """`count` stream tokens from `start` (int64) and, per token, a key unique to its
@@ -120,6 +124,7 @@ class PackedLoader:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        lanes: int = 1,
     ) -> None:
         if isinstance(sources, TokenDataset):
             sources = [(sources, 1.0)]
@@ -135,8 +140,40 @@ class PackedLoader:
         self.world_size = world_size
         self.weights = np.array(weights) / sum(weights)
         self._streams = [_TokenStream(ds, self.seed, i) for i, (ds, _) in enumerate(sources)]
-        self._positions = [0] * len(self._streams)
+        smallest = min(s.tokens_per_epoch for s in self._streams)
+        if not 1 <= lanes <= smallest:
+            raise LoaderError(f"lanes must be between 1 and the smallest source's {smallest} tokens, got {lanes}")
+        self.lanes = lanes
+        self._cursors = [[0] * lanes for _ in self._streams]  # tokens consumed per lane, across epochs
+        self._rows = [0] * len(self._streams)  # rows taken per source: row k reads lane k % lanes
         self._rng = np.random.default_rng(self.seed)
+
+    def _lane_span(self, source: int, lane: int) -> tuple[int, int]:
+        """(start offset, length) of a lane's region within every epoch of a source."""
+        n = self._streams[source].tokens_per_epoch
+        start = lane * n // self.lanes
+        return start, (lane + 1) * n // self.lanes - start
+
+    def _read_lane(self, source: int, lane: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """`count` tokens of a lane from its cursor, continuing into the next epoch's region."""
+        stream = self._streams[source]
+        start, length = self._lane_span(source, lane)
+        cursor = self._cursors[source][lane]
+        pieces = []
+        while count > 0:
+            epoch, offset = divmod(cursor, length)
+            take = min(length - offset, count)
+            pieces.append(stream.read(epoch * stream.tokens_per_epoch + start + offset, take))
+            cursor += take
+            count -= take
+        if len(pieces) == 1:
+            return pieces[0]
+        return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
+
+    def _epochs(self) -> list[int]:
+        """Per source, the epoch every lane has reached (the slowest lane's)."""
+        return [min(c // self._lane_span(i, lane)[1] for lane, c in enumerate(cursors))
+                for i, cursors in enumerate(self._cursors)]
 
     def next_batch(self, batch_size: int, seq_len: int) -> dict[str, Any]:
         """This rank's next `batch_size` rows of `seq_len` tokens.
@@ -147,7 +184,7 @@ class PackedLoader:
         """
         if batch_size < 1 or seq_len < 1:
             raise LoaderError(f"batch size and sequence length must be positive, got {batch_size} and {seq_len}")
-        epochs = [s.epoch_of(p) for s, p in zip(self._streams, self._positions)]
+        epochs = self._epochs()
         global_rows = batch_size * self.world_size
         if len(self._streams) > 1:
             row_sources = self._rng.choice(len(self._streams), size=global_rows, p=self.weights)
@@ -157,20 +194,24 @@ class PackedLoader:
         targets = np.empty((batch_size, seq_len), np.int64)
         document_ids = np.empty((batch_size, seq_len), np.int64)
         for row, source in enumerate(row_sources.tolist()):
-            start = self._positions[source]
-            self._positions[source] = start + seq_len
+            lane = self._rows[source] % self.lanes
+            self._rows[source] += 1
             if row % self.world_size == self.rank:
                 mine = row // self.world_size
-                tokens, keys = self._streams[source].read(start, seq_len + 1)
+                tokens, keys = self._read_lane(source, lane, seq_len + 1)
                 inputs[mine], targets[mine], document_ids[mine] = _pack_row(tokens, keys)
+            self._cursors[source][lane] += seq_len
         return _batch(inputs, targets, document_ids, epoch=epochs[0], epochs=epochs)
 
     def state_dict(self) -> dict[str, Any]:
-        """Exact position: per-source stream cursors and the source-draw RNG (same on every rank)."""
+        """Exact position: per-source lane cursors and row counts, and the source-draw RNG
+        (the same on every rank)."""
         return {
             "version": STATE_VERSION,
             "seed": self.seed,
-            "positions": list(self._positions),
+            "lanes": self.lanes,
+            "cursors": [list(c) for c in self._cursors],
+            "rows": list(self._rows),
             "tokens_per_epoch": [s.tokens_per_epoch for s in self._streams],
             "rng": self._rng.bit_generator.state,
         }
@@ -187,7 +228,10 @@ class PackedLoader:
                 f"loader state is for sources of {list(state['tokens_per_epoch'])} tokens, "
                 f"these hold {sizes}: the data changed"
             )
-        self._positions = [int(p) for p in state["positions"]]
+        if state["lanes"] != self.lanes:
+            raise LoaderError(f"loader state was taken with {state['lanes']} lanes, this loader has {self.lanes}")
+        self._cursors = [[int(c) for c in cursors] for cursors in state["cursors"]]
+        self._rows = [int(r) for r in state["rows"]]
         self._rng.bit_generator.state = state["rng"]
 
 

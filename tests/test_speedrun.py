@@ -1,0 +1,100 @@
+"""The main job end to end on small local input, and its parts."""
+
+import gzip
+import json
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pasture.cli import main
+from pasture.data.documents import Document, iter_documents, write_documents
+from pasture.data.gather import Root, gather, man_to_text
+from pasture.speedrun import unigram_bits_per_byte
+from pasture.train.shards import SplitWriter, write_index
+
+TINY = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.multiple_of=32",
+        "train.steps=6", "train.anneal_steps=2", "optim.warmup_steps=2", "train.batch_ramp=[]", "train.batch_size=4",
+        "train.seq_len=64", "checkpoint.every=3", "checkpoint.anneal_every=1", "eval.every=3", "eval.batches=2",
+        "log.tensorboard=false"]
+
+
+def stdlib_documents(limit_bytes: int) -> list[Document]:
+    """Real text from disk: the standard library's modules, as documents."""
+    docs, total = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = path.read_text(errors="replace")
+        docs.append(Document(id=path.name, text=text, source="stdlib"))
+        total += len(text)
+        if total > limit_bytes:
+            break
+    return docs
+
+
+def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
+    src = tmp_path / "docs.jsonl"
+    write_documents(src, stdlib_documents(600_000))
+    args = ["speedrun", "--runs-dir", str(tmp_path / "runs"), "--name", "t", "--source", str(src),
+            "--vocab-size", "512", "--no-progress", "--val-fraction", "0.1", *TINY]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "held-out bits/byte" in out and "unigram" in out
+    run = tmp_path / "runs" / "t"
+    summary = json.loads((run / "speedrun.json").read_text())
+    assert summary["pretrain"]["steps"] == 6 and summary["pretrain"]["tokens"] == 6 * 4 * 64
+    assert summary["tokenizer"]["vocab_size"] == 512 + 256
+    kept = summary["curation"]["stages"]
+    assert kept[0]["docs_in"] == len(list(iter_documents(src)))
+    e = summary["evaluation"]
+    assert 0 < e["val_bpb"] and 0 < e["unigram_bpb"] and e["bpb_vs_unigram"] == pytest.approx(e["val_bpb"] / e["unigram_bpb"])
+    assert len(summary["samples"]) == 3
+    html = (run / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Final metrics" in html
+    assert (run / "plots" / "loss.png").stat().st_size > 1000
+    assert {p.stem for p in (run / "stages").glob("*.json")} == {
+        "gather", "curate", "tokenizer", "tokenize", "pretrain", "evaluate", "sample"}
+    assert (run / "train" / "averaged" / "model.safetensors").exists()
+
+    assert main(args) == 0  # a rerun skips every finished stage
+    assert capsys.readouterr().out.count("already done") == 7
+    assert main(["report", str(run)]) == 0
+
+
+def test_gather_reads_each_root_within_budget(tmp_path):
+    code, docs, man = tmp_path / "code", tmp_path / "docs", tmp_path / "man" / "man1"
+    for folder in (code, docs, man):
+        folder.mkdir(parents=True)
+    for i in range(20):
+        (code / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 20)
+        (docs / f"README{i}.md").write_text(f"# Title {i}\n\nSome prose about thing {i}.\n" * 20)
+        (docs / f"page{i}.html").write_text(f"<html><body><p>Page {i} text here and more.</p></body></html>")
+    (man / "tool.1.gz").write_bytes(gzip.compress(b'.TH TOOL 1\n.SH NAME\ntool \\- does \\fBthings\\fR\n.PP\nMore.\n'))
+    (docs / "binary.txt").write_bytes(b"\x00\x01\x02" * 100)
+    roots = [Root("code", code, "python"), Root("docs", docs, "system-docs"), Root("man", tmp_path / "man", "man")]
+    result = gather(roots, tmp_path / "out", max_bytes=10_000, shards=2)
+    per = result["roots"]
+    assert result["bytes"] >= 10_000 and result["bytes"] < 10_000 + 2_000
+    assert per["man"]["documents"] == 1 and per["code"]["documents"] > 5 and per["docs"]["documents"] > 5
+    assert abs(per["code"]["bytes"] - per["docs"]["bytes"]) < 1_000  # the budget is shared evenly
+    written = list(iter_documents(tmp_path / "out"))
+    assert len(written) == result["documents"]
+    assert not any("\x00" in d.text for d in written)
+    assert man_to_text(gzip.decompress((man / "tool.1.gz").read_bytes()).decode()) == "NAME\ntool - does things\n\nMore."
+
+
+def test_unigram_baseline_matches_hand_computation(tmp_path):
+    index = {"format": "pasture-tokens", "version": 1, "dtype": "uint32", "vocab_size": 4, "tokenizer": None,
+             "bos_id": 0, "eos_id": 3, "splits": {}}
+    for split, docs, nbytes in (("train", [[0, 1, 1, 2, 3], [0, 1, 3]], 10), ("val", [[0, 2, 1, 3]], 6)):
+        w = SplitWriter(tmp_path, split, 100)
+        for d in docs:
+            w.add(np.array(d, np.uint32), nbytes // len(docs))
+        index["splits"][split] = w.finish()
+    write_index(tmp_path, index)
+    counts = np.array([2, 3, 1, 2]) + 1  # add-one smoothing over the vocabulary of 4
+    p = counts / counts.sum()
+    bits = -np.log2(p[[2, 1, 3]]).sum()
+    result = unigram_bits_per_byte(tmp_path)
+    assert result["unigram_bpb"] == pytest.approx(bits / 6)
+    assert result["unigram_bits_per_token"] == pytest.approx(bits / 3)
