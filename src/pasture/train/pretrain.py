@@ -60,7 +60,9 @@ class DataSection:
     anneal: list[str] = field(default_factory=list)  # datasets for the annealing phase (default: train)
     anneal_weights: list[float] = field(default_factory=list)
     seed: int = 0
-    tokenizer: str = ""  # for samples; default: the tokenizer recorded in the dataset
+    # rows of a batch are read from this many far-apart regions of the shuffled stream,
+    # so long documents do not fill whole batches (see pasture.train.loader)
+    lanes: int = 32
 
 
 @dataclass
@@ -219,12 +221,12 @@ def _open_datasets(paths: list[str], split: str = "train"):
     return [TokenDataset(p, split=split) for p in paths]
 
 
-def _loader(paths: list[str], weights: list[float], seed: int, rank: int, world: int):
+def _loader(paths: list[str], weights: list[float], seed: int, rank: int, world: int, lanes: int):
     from pasture.train.loader import PackedLoader
 
     datasets = _open_datasets(paths)
     weights = weights or [1.0] * len(datasets)
-    return PackedLoader(list(zip(datasets, weights)), seed=seed, rank=rank, world_size=world), datasets
+    return PackedLoader(list(zip(datasets, weights)), seed=seed, rank=rank, world_size=world, lanes=lanes), datasets
 
 
 def _world() -> tuple[int, int]:
@@ -325,6 +327,14 @@ class _Parallelism:
         if self.tp:
             return parallel.vocab_parallel_loss_sum(model.output, hidden, targets)
         return cross_entropy_sum(hidden, model.output.weight, targets)
+
+    def loss_context(self):
+        """Where the loss and its backward run: vocabulary-parallel under TP."""
+        if not self.tp:
+            return contextlib.nullcontext()
+        from torch.distributed.tensor.parallel import loss_parallel
+
+        return loss_parallel()
 
     def sequence_split(self, buffers: list[torch.Tensor]):
         """Context parallel: shard these [B, T] buffers along the sequence for the block of code."""
@@ -451,12 +461,13 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
     dp_rank = layout.coordinates(rank)["dp"]
 
     # data: each data-parallel rank reads its own rows; TP/CP/PP peers read the same ones
-    loader, datasets = _loader(recipe.data.train, recipe.data.weights, recipe.data.seed, dp_rank, layout.dp)
+    loader, datasets = _loader(recipe.data.train, recipe.data.weights, recipe.data.seed, dp_rank, layout.dp,
+                               recipe.data.lanes)
     vocab = max(d.vocab_size for d in datasets)
     anneal_loader = None
     if t.anneal_steps and recipe.data.anneal:
         anneal_loader, anneal_sets = _loader(recipe.data.anneal, recipe.data.anneal_weights,
-                                             recipe.data.seed + 1, dp_rank, layout.dp)
+                                             recipe.data.seed + 1, dp_rank, layout.dp, recipe.data.lanes)
         vocab = max(vocab, *(d.vocab_size for d in anneal_sets))
     val_loader = None
     if recipe.eval.every or recipe.eval.batches:
@@ -538,13 +549,14 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
                 par.pipeline_loss.scale = grad_scale / n_targets
                 par.pipeline_loss.total = torch.zeros(())
                 kwargs = {"document_ids": doc_ids} if doc_ids is not None else {}
-                par.runner.step(inputs, targets, per_run, **kwargs)
+                with par.loss_context():
+                    par.runner.step(inputs, targets, per_run, **kwargs)
                 loss_sum += par.pipeline_loss.total.to(device)
                 continue
             positions = None
             if par.cp_mesh is not None:
                 positions = torch.arange(inputs.shape[1], device=device).expand_as(inputs).contiguous()
-            with par.sequence_split([inputs, targets, positions] if positions is not None else []):
+            with par.sequence_split([inputs, targets, positions] if positions is not None else []), par.loss_context():
                 with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                     hidden = par.forward_model(inputs, doc_ids, return_hidden=True, positions=positions)
                     micro_loss = par.loss_sum(par.forward_model, hidden, targets)
@@ -563,7 +575,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
         positions = None
         if par.cp_mesh is not None:
             positions = torch.arange(inputs.shape[1], device=device).expand_as(inputs).contiguous()
-        with par.sequence_split([inputs, targets, positions] if positions is not None else []):
+        with par.sequence_split([inputs, targets, positions] if positions is not None else []), par.loss_context():
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 hidden = par.forward_model(inputs, doc_ids if t.document_mask else None, return_hidden=True,
                                            positions=positions)
@@ -573,7 +585,8 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
     def pipeline_batch_loss(inputs, targets, doc_ids) -> torch.Tensor:
         par.pipeline_loss.scale, par.pipeline_loss.total = 1.0, torch.zeros(())
         kwargs = {"document_ids": doc_ids} if t.document_mask else {}
-        par.runner.evaluate(inputs, targets, **kwargs)
+        with par.loss_context():
+            par.runner.evaluate(inputs, targets, **kwargs)
         return _all_reduce_sum(par.pipeline_loss.total.to(device), par.pp_group)
 
     peak = peak_flops(device)
