@@ -154,3 +154,23 @@ def test_cli_runs_a_recipe_with_overrides_and_names_bad_keys(tmp_path, capsys):
     assert "minhash.bandz" in capsys.readouterr().err
     assert main(["curate", str(tmp_path / "r.toml"), "minhash.bands=many"]) == 2
     assert "minhash.bands: expected int" in capsys.readouterr().err
+
+
+def test_a_200_mb_document_is_skipped_with_its_reason(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    texts = stdlib_texts(3)
+    for i, t in enumerate(texts):
+        (folder / f"p{i}.html").write_bytes(page(t))
+    with open(folder / "huge.html", "wb") as f:
+        f.write(b"<html><body><p>")
+        chunk = b"word " * 200_000
+        for _ in range(200):
+            f.write(chunk)  # 200 MB
+        f.write(b"</p></body></html>")
+    stats = run_curation(recipe([str(folder)], tmp_path / "out", minhash={"enabled": False}))
+    read = stats["stages"]["read"]
+    assert read["removed"] == {"document_too_large": 1}
+    assert read["docs_out"] == 3
+    reasons = [d.meta["reject_reason"] for d in iter_documents(tmp_path / "out" / "rejects" / "read")]
+    assert reasons == ["document_too_large"]

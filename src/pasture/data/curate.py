@@ -123,6 +123,12 @@ def ingest_shard(task: dict[str, Any]) -> dict[str, Any]:
                 doc.text = decode_html(item.html, doc.meta.pop("charset", None))
             else:
                 doc.meta.pop("charset", None)
+            if raw_bytes > config.input.max_document_bytes:
+                # a multi-hundred-MB "document" is a dump, not text; keep memory bounded and say why
+                stats.dropped("read", "document_too_large", raw_bytes)
+                rejects.write("read", Document(id=doc.id, text="", url=doc.url, source=doc.source),
+                              "document_too_large", detail=f"{raw_bytes} bytes")
+                continue
             if doc.text.count("\ufffd") > config.input.max_invalid_fraction * len(doc.text):
                 stats.dropped("read", "invalid_utf8" if item.html is None else "invalid_encoding", raw_bytes)
                 rejects.write("read", doc, "invalid_utf8" if item.html is None else "invalid_encoding")

@@ -83,8 +83,9 @@ def list_files(roots: list[Root]) -> list[tuple[Root, Path]]:
         for path in _walk(root.path):
             if not _wanted(path, root):
                 continue
-            if root.kind == "system-docs" and skip_python_docs and "python3-doc" in path.parts:
-                continue
+            if root.kind == "system-docs" and skip_python_docs and any(
+                    part.startswith("python3") and part.endswith("-doc") for part in path.parts):
+                continue  # read once, through the html-docs root
             try:
                 if path.is_symlink() or path.stat().st_size > MAX_FILE_BYTES:
                     continue

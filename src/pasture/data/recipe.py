@@ -25,6 +25,7 @@ class InputConfig:
     paths: list[str]
     format: str = "auto"  # auto | warc | html | documents
     max_invalid_fraction: float = 0.001  # drop text with more U+FFFD (undecodable bytes) than this share of characters
+    max_document_bytes: int = 100_000_000  # larger documents are counted as document_too_large and skipped
 
 
 @dataclass
