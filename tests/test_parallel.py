@@ -126,10 +126,12 @@ def test_tensor_parallel_two_ranks_matches_one_process(token_data, tmp_path):
 @pytest.mark.parametrize("schedule", ["1F1B", "Interleaved1F1B"])
 def test_pipeline_two_ranks_matches_one_process(token_data, tmp_path, schedule):
     init = initial_weights(tmp_path / "init", tied=False)
-    one_process(recipe_args(token_data, tmp_path / "one", init, *UNTIED, "train.micro_batch_size=1"))
-    run_distributed(2, recipe_args(token_data, tmp_path / "pp", init, *UNTIED, "parallel.pp=2",
+    one_process(recipe_args(token_data, tmp_path / "one", init, *UNTIED, "train.micro_batch_size=1", "eval.every=2"))
+    run_distributed(2, recipe_args(token_data, tmp_path / "pp", init, *UNTIED, "parallel.pp=2", "eval.every=2",
                                    f"parallel.pp_schedule=\"{schedule}\"", "train.micro_batch_size=1"))
     assert_same_losses(losses(tmp_path / "pp"), losses(tmp_path / "one"))
+    np.testing.assert_allclose([r["val_loss"] for r in read_metrics(tmp_path / "pp", "val")],
+                               [r["val_loss"] for r in read_metrics(tmp_path / "one", "val")], rtol=TOLERANCE)
 
 
 def test_checkpoint_from_two_ranks_resumes_on_one_and_four(token_data, tmp_path):
@@ -138,10 +140,10 @@ def test_checkpoint_from_two_ranks_resumes_on_one_and_four(token_data, tmp_path)
     want = dict(losses(tmp_path / "straight"))
 
     saved = tmp_path / "saved"
-    run_distributed(2, recipe_args(token_data, saved, init, "train.steps=3", "checkpoint.every=3",
-                                   "parallel.async_checkpoint=true"))
+    run_distributed(2, recipe_args(token_data, saved, init, "checkpoint.every=3", "parallel.async_checkpoint=true"))
+    assert [s for s, _ in ckpt.list_checkpoints(saved)] == [3, 4]
+    shutil.rmtree(ckpt.step_dir(saved, 4))  # resume from step 3
     checkpoint = ckpt.latest_valid(saved)
-    assert checkpoint.name == "step_00000003"
     assert sorted(p.name for p in checkpoint.glob("train_state_rank*.pt")) == [
         "train_state_rank00000.pt", "train_state_rank00001.pt"]
 

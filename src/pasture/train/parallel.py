@@ -269,16 +269,14 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
 
 
 def vocab_parallel_loss_sum(output: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy with logits sharded over the vocabulary (TP): no rank holds full logits."""
+    """Summed cross-entropy with logits sharded over the vocabulary (TP): no rank holds full
+    logits. Call it, and the backward through it, inside `loss_parallel()`."""
     import torch.nn.functional as F
-    from torch.distributed.tensor.parallel import loss_parallel
 
     from pasture.train.loss import IGNORE_INDEX
 
     logits = output(hidden).float()
-    with loss_parallel():
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), ignore_index=IGNORE_INDEX,
-                               reduction="sum")
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 # ---------------------------------------------------------------- activation checkpointing
@@ -463,18 +461,24 @@ class PipelineRunner:
             self._schedules[key] = self._build(n_microbatches)
         return self._schedules[key]
 
-    def step(self, inputs: torch.Tensor, targets: torch.Tensor, n_microbatches: int, **kwargs: torch.Tensor) -> None:
-        """Forward and backward over `n_microbatches` micro-batches of these rows."""
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor, n_microbatches: int,
+             **kwargs: torch.Tensor) -> list[torch.Tensor]:
+        """Forward and backward over `n_microbatches` micro-batches of these rows; the loss_fn
+        value of each micro-batch on the rank holding the last stage (empty elsewhere)."""
         schedule = self._schedule_for(n_microbatches, tuple(inputs.shape))
         args = (inputs,) if self.has_first else ()
-        schedule.step(*args, target=targets if self.has_last else None, **kwargs)
+        losses: list[torch.Tensor] = []
+        schedule.step(*args, target=targets if self.has_last else None, losses=losses, **kwargs)
+        return losses
 
     @torch.no_grad()
-    def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor, **kwargs: torch.Tensor) -> None:
-        """Forward only, one row per micro-batch; the loss function sees each."""
+    def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor, **kwargs: torch.Tensor) -> list[torch.Tensor]:
+        """Forward only, one row per micro-batch; loss_fn values as for `step`."""
         schedule = self._schedule_for(inputs.shape[0], tuple(inputs.shape))
         args = (inputs,) if self.has_first else ()
-        schedule.eval(*args, target=targets if self.has_last else None, **kwargs)
+        losses: list[torch.Tensor] = []
+        schedule.eval(*args, target=targets if self.has_last else None, losses=losses, **kwargs)
+        return losses
 
 
 # ---------------------------------------------------------------- gradients and reductions

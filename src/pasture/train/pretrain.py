@@ -345,17 +345,20 @@ class _Parallelism:
 
 class _PipelineLoss:
     """The loss the pipeline schedule calls on the last stage per micro-batch: the chunked
-    cross-entropy scaled for the step's gradient, with the unscaled sum kept for logging."""
+    cross-entropy times `scale` (the step's gradient normalisation)."""
 
     def __init__(self, par: _Parallelism, last_stage: torch.nn.Module | None) -> None:
         self.par, self.last_stage = par, last_stage
-        self.scale = 1.0
-        self.total = torch.zeros(())
+        self.scale: torch.Tensor | float = 1.0
 
     def __call__(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        raw = self.par.loss_sum(self.last_stage, hidden, targets)
-        self.total = self.total + parallel.local_value(raw.detach()).cpu()
-        return raw * self.scale
+        return self.par.loss_sum(self.last_stage, hidden, targets) * self.scale
+
+    def unscaled_sum(self, losses: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """The summed cross-entropy of the micro-batches a schedule run reported."""
+        if not losses:
+            return torch.zeros((), device=device)
+        return torch.stack([parallel.local_value(x.detach()) for x in losses]).sum().to(device) / self.scale
 
 
 def _single_process(model: torch.nn.Module) -> _Parallelism:
@@ -547,11 +550,10 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
             doc_ids = b["document_ids"].to(device) if t.document_mask else None
             if par.runner is not None:
                 par.pipeline_loss.scale = grad_scale / n_targets
-                par.pipeline_loss.total = torch.zeros(())
                 kwargs = {"document_ids": doc_ids} if doc_ids is not None else {}
                 with par.loss_context():
-                    par.runner.step(inputs, targets, per_run, **kwargs)
-                loss_sum += par.pipeline_loss.total.to(device)
+                    losses = par.runner.step(inputs, targets, per_run, **kwargs)
+                loss_sum += par.pipeline_loss.unscaled_sum(losses, device)
                 continue
             positions = None
             if par.cp_mesh is not None:
@@ -583,11 +585,11 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
         return _all_reduce_sum(total.float(), par.cp_mesh.get_group() if par.cp_mesh is not None else None)
 
     def pipeline_batch_loss(inputs, targets, doc_ids) -> torch.Tensor:
-        par.pipeline_loss.scale, par.pipeline_loss.total = 1.0, torch.zeros(())
+        par.pipeline_loss.scale = 1.0
         kwargs = {"document_ids": doc_ids} if t.document_mask else {}
         with par.loss_context():
-            par.runner.evaluate(inputs, targets, **kwargs)
-        return _all_reduce_sum(par.pipeline_loss.total.to(device), par.pp_group)
+            losses = par.runner.evaluate(inputs, targets, **kwargs)
+        return _all_reduce_sum(par.pipeline_loss.unscaled_sum(losses, device), par.pp_group)
 
     peak = peak_flops(device)
     consecutive_bad = 0
