@@ -200,7 +200,7 @@ def test_mismatched_layout_stops_the_cli_before_training(token_data, tmp_path, c
     run = tmp_path / "run"
     args = recipe_args(token_data, run, "", "parallel.tp=2")
     assert main(["pretrain", "tiny", *[a for a in args if not a.startswith("model.init_from")]]) == 2
-    assert "does not match the world size 1" in capsys.readouterr().err
+    assert "world size 1 is not divisible by dp_replicate*tp*cp*pp = 2" in capsys.readouterr().err
     assert not run.exists()
 
 
