@@ -89,7 +89,7 @@ def test_python_api_is_deterministic_under_a_seed(corpus):
 
 def test_bad_inputs_raise_clear_pasture_errors(corpus, tmp_path: Path):
     root, _, _ = corpus
-    with pytest.raises(ClassifierError, match="the following arguments are required: --negative"):
+    with pytest.raises(ClassifierError, match="give --positive and --negative documents"):
         train_quality_cli(["--positive", str(root / "pos.jsonl"), "--out", str(tmp_path / "m")])
     with pytest.raises(PastureError, match="does not exist"):
         train_quality_cli(["--positive", str(tmp_path / "nope.jsonl"), "--negative", str(root / "neg.jsonl"), "--out", str(tmp_path / "m")])

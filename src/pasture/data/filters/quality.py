@@ -194,11 +194,33 @@ def train_quality_classifier(
 ) -> dict:
     """Train a high/low quality classifier from positive and negative document files,
     save it to `out_dir`, and return its metrics (with held-out `valid_accuracy`)."""
-    docs = {
-        QUALITY_LABELS[1]: _read_texts(positive_paths, "positive", max_docs),
-        QUALITY_LABELS[0]: _read_texts(negative_paths, "negative", max_docs),
-    }
+    positive = _read_texts(positive_paths, "positive", max_docs)
+    negative = _read_texts(negative_paths, "negative", max_docs)
+    return _train_and_save(positive, negative, out_dir, **train_options)
+
+
+def train_quality_from_teacher(
+    unlabeled_paths: Sequence[str | Path] | str | Path,
+    teacher: str | Path,
+    tokenizer: str | Path,
+    out_dir: str | Path,
+    fraction: float = 0.3,
+    max_docs: int | None = None,
+    **train_options,
+) -> dict:
+    """Label unlabeled documents with a pasture model as teacher (see `teacher.py`), then train
+    on those labels; the metrics include the teacher's labelling statistics."""
+    from pasture.data.filters.teacher import label_by_teacher
+
+    positive, negative, teacher_stats = label_by_teacher(unlabeled_paths, teacher, tokenizer, fraction, max_docs)
+    return _train_and_save(positive, negative, out_dir, {"teacher": teacher_stats}, **train_options)
+
+
+def _train_and_save(positive: list[list[str]], negative: list[list[str]], out_dir: str | Path,
+                    extra_metrics: dict | None = None, **train_options) -> dict:
+    docs = {QUALITY_LABELS[1]: positive, QUALITY_LABELS[0]: negative}
     model = train_text_classifier({label: docs[label] for label in QUALITY_LABELS}, **train_options)
+    model.metrics.update(extra_metrics or {})
     model.save(out_dir)
     return model.metrics
 
@@ -211,13 +233,20 @@ class _RaisingParser(argparse.ArgumentParser):
 
 
 def train_quality_cli(argv: list[str]) -> int:
-    """`pasture curate train-quality --positive DOCS --negative DOCS --out MODEL_DIR`."""
+    """`pasture curate train-quality (--positive DOCS --negative DOCS | --teacher CKPT --unlabeled DOCS) --out DIR`."""
     parser = _RaisingParser(
         prog="pasture curate train-quality",
-        description="Train the fastText-style quality classifier that the `quality` curate stage applies.",
+        description="Train the fastText-style quality classifier that the `quality` curate stage applies, "
+        "from positive and negative documents, or from unlabeled documents labelled by a pasture model as "
+        "teacher (its most and least predictable documents, as Llama 3 labelled with Llama 2).",
     )
-    parser.add_argument("--positive", nargs="+", required=True, help="documents of the quality to keep (files, folders, globs)")
-    parser.add_argument("--negative", nargs="+", required=True, help="documents to filter out, e.g. random web pages")
+    parser.add_argument("--positive", nargs="+", help="documents of the quality to keep (files, folders, globs)")
+    parser.add_argument("--negative", nargs="+", help="documents to filter out, e.g. random web pages")
+    parser.add_argument("--teacher", help="a pasture checkpoint or run folder that labels --unlabeled by perplexity")
+    parser.add_argument("--unlabeled", nargs="+", help="documents for the teacher to label")
+    parser.add_argument("--teacher-tokenizer", help="the teacher's tokenizer (default: the one in its run folder)")
+    parser.add_argument("--teacher-fraction", type=float, default=0.3,
+                        help="share of documents labelled high (lowest loss) and low (highest loss) each")
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--dim", type=int, default=16, help="embedding size")
@@ -228,19 +257,20 @@ def train_quality_cli(argv: list[str]) -> int:
     parser.add_argument("--max-docs", type=int, default=None, help="read at most this many documents per label")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    metrics = train_quality_classifier(
-        args.positive,
-        args.negative,
-        args.out,
-        max_docs=args.max_docs,
-        epochs=args.epochs,
-        dim=args.dim,
-        buckets=args.buckets,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        valid_fraction=args.valid_fraction,
-        seed=args.seed,
-    )
+    options = dict(max_docs=args.max_docs, epochs=args.epochs, dim=args.dim, buckets=args.buckets, lr=args.lr,
+                   batch_size=args.batch_size, valid_fraction=args.valid_fraction, seed=args.seed)
+    if args.teacher:
+        if not args.unlabeled or args.positive or args.negative:
+            parser.error("--teacher needs --unlabeled DOCS and no --positive/--negative")
+        from pasture.train.pretrain_cli import find_tokenizer
+
+        tokenizer = find_tokenizer(Path(args.teacher), args.teacher_tokenizer)
+        metrics = train_quality_from_teacher(args.unlabeled, args.teacher, tokenizer, args.out,
+                                             fraction=args.teacher_fraction, **options)
+    elif args.positive and args.negative:
+        metrics = train_quality_classifier(args.positive, args.negative, args.out, **options)
+    else:
+        parser.error("give --positive and --negative documents, or --teacher CKPT with --unlabeled documents")
     print(json.dumps(metrics))
     return 0
 
