@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "pasture.tokenizer.cli",
     "pasture.train.cli",
     "pasture.train.pretrain_cli",
+    "pasture.train.parallel_cli",
     "pasture.model.cli",
 ]
 
