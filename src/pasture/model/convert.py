@@ -81,16 +81,23 @@ _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
 _HF_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
+def _rename(key: str, top: dict[str, str], layer: dict[str, str], layer_key: re.Pattern, layer_prefix: str) -> str | None:
+    """`key` under the other naming, or None when it has no counterpart."""
+    if key in top:
+        return top[key]
+    m = layer_key.match(key)
+    if not m or m.group(2) not in layer:
+        return None
+    return f"{layer_prefix}{m.group(1)}.{layer[m.group(2)]}"
+
+
 def to_hf_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, tensor in state.items():
-        if key in _HF_TOP_NAMES:
-            out[_HF_TOP_NAMES[key]] = tensor
-            continue
-        m = _LAYER_KEY.match(key)
-        if not m or m.group(2) not in _HF_LAYER_NAMES:
+        name = _rename(key, _HF_TOP_NAMES, _HF_LAYER_NAMES, _LAYER_KEY, "model.layers.")
+        if name is None:
             raise CheckpointError(f"no Hugging Face name for tensor {key!r}")
-        out[f"model.layers.{m.group(1)}.{_HF_LAYER_NAMES[m.group(2)]}"] = tensor
+        out[name] = tensor
     return out
 
 
@@ -101,13 +108,10 @@ def from_hf_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, tensor in state.items():
         if key.endswith("rotary_emb.inv_freq"):
             continue  # a buffer some old exports saved; we recompute it
-        if key in top:
-            out[top[key]] = tensor
-            continue
-        m = _HF_LAYER_KEY.match(key)
-        if not m or m.group(2) not in layer:
+        name = _rename(key, top, layer, _HF_LAYER_KEY, "layers.")
+        if name is None:
             raise CheckpointError(f"unexpected tensor {key!r} in Hugging Face checkpoint")
-        out[f"layers.{m.group(1)}.{layer[m.group(2)]}"] = tensor
+        out[name] = tensor
     return out
 
 
