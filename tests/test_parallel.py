@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from token_data import write_progressions
 
 from pasture.cli import main
 from pasture.model import build, save
@@ -21,7 +22,6 @@ from pasture.train import checkpoint as ckpt
 from pasture.train import parallel as par
 from pasture.train import pretrain as pt
 from pasture.train.metrics import read_metrics
-from pasture.train.shards import SplitWriter, write_index
 
 VOCAB = 256
 MODEL = ["model.dim=64", "model.n_layers=4", "model.n_heads=4", "model.n_kv_heads=2", "model.multiple_of=32",
@@ -32,19 +32,7 @@ TOLERANCE = 2e-5  # relative; fp32 sums in another order
 
 @pytest.fixture(scope="module")
 def token_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tokens")
-    rng = np.random.default_rng(0)
-    index = {"format": "pasture-tokens", "version": 1, "dtype": "uint32", "vocab_size": VOCAB,
-             "tokenizer": None, "bos_id": VOCAB - 2, "eos_id": VOCAB - 1, "splits": {}}
-    for split, n in (("train", 200), ("val", 20)):
-        writer = SplitWriter(out, split, 5_000)
-        for _ in range(n):
-            length, start, stride = int(rng.integers(10, 60)), int(rng.integers(0, 250)), int(rng.integers(1, 4))
-            body = (start + np.arange(length) * stride) % (VOCAB - 2)
-            writer.add(np.concatenate([[VOCAB - 2], body, [VOCAB - 1]]).astype(np.uint32), text_bytes=3 * (length + 2))
-        index["splits"][split] = writer.finish()
-    write_index(out, index)
-    return out
+    return write_progressions(tmp_path_factory.mktemp("tokens"), VOCAB, 200, 20, 60)
 
 
 def initial_weights(folder, tied: bool):

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from token_data import write_progressions
 import torch
 
 from pasture.cli import main
@@ -16,7 +17,6 @@ from pasture.errors import PastureError
 from pasture.train import checkpoint as ckpt
 from pasture.train import pretrain as pt
 from pasture.train.metrics import read_metrics
-from pasture.train.shards import SplitWriter, write_index
 
 VOCAB = 300
 SMALL_MODEL = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.multiple_of=32"]
@@ -24,20 +24,7 @@ SMALL_MODEL = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_k
 
 @pytest.fixture(scope="module")
 def token_data(tmp_path_factory):
-    """A token dataset with learnable structure (arithmetic progressions) and a val split."""
-    out = tmp_path_factory.mktemp("tokens")
-    rng = np.random.default_rng(0)
-    index = {"format": "pasture-tokens", "version": 1, "dtype": "uint32", "vocab_size": VOCAB,
-             "tokenizer": None, "bos_id": VOCAB - 2, "eos_id": VOCAB - 1, "splits": {}}
-    for split, n in (("train", 300), ("val", 30)):
-        writer = SplitWriter(out, split, 5_000)
-        for _ in range(n):
-            length, start, stride = int(rng.integers(10, 120)), int(rng.integers(0, 280)), int(rng.integers(1, 4))
-            body = (start + np.arange(length) * stride) % (VOCAB - 2)
-            writer.add(np.concatenate([[VOCAB - 2], body, [VOCAB - 1]]).astype(np.uint32), text_bytes=3 * (length + 2))
-        index["splits"][split] = writer.finish()
-    write_index(out, index)
-    return out
+    return write_progressions(tmp_path_factory.mktemp("tokens"), VOCAB, 300, 30, 120)
 
 
 def recipe_args(data, run_dir, *extra):
@@ -145,15 +132,21 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(token_data, tmp_path, mo
 def test_annealing_averages_checkpoints(token_data, tmp_path):
     run = tmp_path / "run"
     summary = run_recipe(recipe_args(token_data, run, "train.steps=12", "train.anneal_steps=4",
-                                     "checkpoint.anneal_every=2", "checkpoint.every=12"))
-    from pasture.model.convert import read_checkpoint
-
+                                     "checkpoint.anneal_every=2", "checkpoint.every=12", "eval.batches=2"))
     kept = sorted((run / "anneal").iterdir())
     assert [p.name for p in kept] == ["step_00000010", "step_00000012"]
-    states = [read_checkpoint(p)[0] for p in kept]
-    averaged, _, _ = read_checkpoint(summary["averaged"])
+    states = [ckpt.read_model_state(p)[0] for p in kept]
+    averaged, _ = ckpt.read_model_state(summary["averaged"])
     key = "layers.0.attention.wq.weight"
     torch.testing.assert_close(averaged[key], (states[0][key] + states[1][key]) / 2)
+    # the final validation scores the averaged model
+    from pasture import model as pm
+    from pasture.train.loader import ValidationLoader
+    from pasture.train.shards import TokenDataset
+
+    model, _ = pm.load(summary["averaged"])
+    val = pt.evaluate(model, ValidationLoader(TokenDataset(token_data, "val"), 4, 64, 2), torch.device("cpu"), None)
+    assert val["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-6)
 
 
 def test_checkpoint_loads_as_model_and_generates_same_with_and_without_cache(token_data, tmp_path):

@@ -54,7 +54,7 @@ def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
     assert (run / "plots" / "loss.png").stat().st_size > 1000
     assert {p.stem for p in (run / "stages").glob("*.json")} == {
         "gather", "curate", "tokenizer", "tokenize", "pretrain", "evaluate", "sample"}
-    assert (run / "train" / "averaged" / "model.safetensors").exists()
+    assert (run / "train" / "averaged" / "COMPLETE").exists()
 
     assert main(args) == 0  # a rerun skips every finished stage
     assert capsys.readouterr().out.count("already done") == 7

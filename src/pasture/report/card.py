@@ -95,6 +95,8 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     if isinstance(value, int):

@@ -649,7 +649,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
             if val_loader is not None and recipe.eval.every and step % recipe.eval.every == 0 and step < t.steps:
                 metrics.log("val", step, **validation())
             if recipe.checkpoint.anneal_every and step > anneal_start and (step - anneal_start) % recipe.checkpoint.anneal_every == 0:
-                _save_anneal_weights(run_dir, step, model, config, rank, world)
+                _save_anneal_weights(run_dir, step, model, config)
             if step == t.steps or (recipe.checkpoint.every and step % recipe.checkpoint.every == 0) or stop.requested:
                 save(step)
             if stop.requested:
@@ -662,7 +662,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
                                "params": num_params(config)}
     if step == t.steps:
         if recipe.checkpoint.anneal_every and t.anneal_steps:
-            summary["averaged"] = str(_average_anneal_weights(run_dir, model, config, rank, world, log))
+            summary["averaged"] = str(_average_anneal_weights(run_dir, model, config, log))
         if val_loader is not None:
             final_val = validation()
             metrics.log("val", step, **final_val)
@@ -700,40 +700,17 @@ def _record_run_files(run_dir: Path, raw_recipe: dict[str, Any] | None, datasets
         shutil.copyfile(path, run_dir / "tokenizer.model")
 
 
-def _save_anneal_weights(run_dir: Path, step: int, model, config: ModelConfig, rank: int, world: int) -> None:
-    from pasture.model.convert import write_checkpoint
-
-    folder = run_dir / "anneal" / f"step_{step:08d}"
-    if world > 1:  # sharded weights: every rank writes its shards
-        ckpt.save_weights(folder, model, config)
-    elif rank == 0:
-        state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-        write_checkpoint(state, config, run_dir / "anneal" / f"step_{step:08d}", "pasture")
+def _save_anneal_weights(run_dir: Path, step: int, model, config: ModelConfig) -> None:
+    """Keep this step's weights for the final average (every rank writes its own shards)."""
+    ckpt.save_weights(run_dir / "anneal" / f"step_{step:08d}", model, config)
 
 
-def _average_anneal_weights(run_dir: Path, model, config: ModelConfig, rank: int, world: int, log) -> Path:
-    """Average the weights kept during annealing into one model (Llama 3 §3.4.3).
-
-    Over several processes each rank averages its own shards into the live model, which
-    then holds the averaged weights, and they are written as a sharded weights folder.
-    """
-    from pasture.model.convert import read_checkpoint, write_checkpoint
-
+def _average_anneal_weights(run_dir: Path, model, config: ModelConfig, log) -> Path:
+    """Average the weights kept during annealing into the live model and write them to
+    `averaged/` (Llama 3 §3.4.3); the final validation then scores the averaged model."""
     out = run_dir / "averaged"
     folders = sorted((run_dir / "anneal").glob("step_*"))
-    if world > 1:
-        ckpt.average_weights_into(model, folders)
-        ckpt.save_weights(out, model, config)
-        log(f"averaged {len(folders)} annealing checkpoints into {out}")
-        return out
-    if rank != 0:
-        return out
-    total: dict[str, torch.Tensor] = {}
-    for folder in folders:
-        state, _, _ = read_checkpoint(folder)
-        for k, v in state.items():
-            total[k] = total.get(k, 0) + v.double()
-    averaged = {k: (v / len(folders)).float() for k, v in total.items()}
-    write_checkpoint(averaged, config, out, "pasture")
+    ckpt.average_weights_into(model, folders)
+    ckpt.save_weights(out, model, config)
     log(f"averaged {len(folders)} annealing checkpoints into {out}")
     return out
