@@ -77,6 +77,25 @@ def test_resume_after_sigkill_equals_uninterrupted_run(token_data, tmp_path):
     assert train_losses(killed) == reference  # bit for bit, every step
 
 
+def test_sigterm_checkpoints_the_current_step_and_resume_continues(token_data, tmp_path):
+    steps = ["train.steps=12", "checkpoint.every=100", "log.every=1"]
+    run_recipe(recipe_args(token_data, tmp_path / "straight", *steps))
+    run = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "pasture.cli", "pretrain", *recipe_args(token_data, run, *steps)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(train_losses(run)) < 4:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "stopped by signal" in out
+    (step, folder), = ckpt.list_checkpoints(run)  # checkpoint.every=100: only the signal wrote one
+    assert 4 <= step < 12 and len(train_losses(run)) == step
+    ckpt.validate(folder)
+    assert main(["pretrain", *recipe_args(token_data, run, *steps, "resume=\"auto\"")]) == 0
+    assert train_losses(run) == train_losses(tmp_path / "straight")
+
+
 def test_corrupt_newest_checkpoint_is_skipped(token_data, tmp_path, capsys):
     run = tmp_path / "run"
     base = ["train.steps=6", "checkpoint.every=2", "checkpoint.keep_last=5"]

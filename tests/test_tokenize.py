@@ -193,3 +193,12 @@ def test_cli_tokenize_and_bad_input(tmp_path, corpus, capsys):
     (tmp_path / "file").write_text("")
     assert main(["tokenize", "--tokenizer", "llama3", "--input", str(folder), "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_missing_tokenizer_is_one_clear_line(tmp_path, corpus, capsys):
+    folder, _ = corpus
+    assert main(["tokenize", "--tokenizer", str(tmp_path / "nope.model"), "--input", str(folder / "a.jsonl"),
+                 "--out", str(tmp_path / "ds"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.model" in err
+    assert not (tmp_path / "ds" / "index.json").exists()
