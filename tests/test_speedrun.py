@@ -65,6 +65,12 @@ def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
     assert main(args) == 0  # a rerun skips every finished stage
     assert capsys.readouterr().out.count("already done") == 7
     assert main(["report", str(run)]) == 0
+    assert main(args + ["train.steps=7"]) == 2  # other settings into the same folder: refused
+    assert "other settings (recipe_overrides differ)" in capsys.readouterr().err
+    assert main(["speedrun", "--runs-dir", str(tmp_path / "runs"), "--name", "bad", "--source",
+                 str(tmp_path / "missing.warc"), "--no-progress"]) == 2
+    assert "missing.warc" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "bad" / "stages" / "gather.json").exists()
 
 
 def test_gather_reads_each_root_within_budget(tmp_path):

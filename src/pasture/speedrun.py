@@ -58,12 +58,25 @@ class SpeedrunConfig:
 
 
 class Stages:
-    """Runs named stages once: a finished stage's JSON result is reused on the next run."""
+    """Runs named stages once: a finished stage's JSON result is reused on the next run.
 
-    def __init__(self, run_dir: Path, log: Callable[[str], None]) -> None:
+    The settings that shape the results are recorded in `stages/settings.json`; a rerun
+    with other settings is refused rather than mixing two runs in one folder.
+    """
+
+    def __init__(self, run_dir: Path, settings: dict[str, Any], log: Callable[[str], None]) -> None:
         self.dir = run_dir / "stages"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = log
+        recorded = self.dir / "settings.json"
+        if recorded.exists():
+            before = json.loads(recorded.read_text())
+            changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+            if changed:
+                raise PastureError(f"{run_dir} was started with other settings ({', '.join(changed)} differ); "
+                                   "pass --name for a new run, or the same settings to resume this one")
+        else:
+            recorded.write_text(json.dumps(settings, indent=2) + "\n")
 
     def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         path = self.dir / f"{name}.json"
@@ -89,6 +102,9 @@ def gather_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
 
     out = cfg.run_dir / "sources"
     if cfg.sources:
+        from pasture.data.sources import input_files
+
+        input_files(cfg.sources)  # missing or unreadable sources fail here, before any later stage
         return {"documents_path": None, "inputs": list(cfg.sources), "roots": {}, "documents": None,
                 "bytes": None, "max_bytes": None, "note": "user-given sources, read by the curation stage"}
     roots = default_roots()
@@ -248,7 +264,8 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    stages = Stages(run_dir, log)
+    settings = {k: v for k, v in vars(cfg).items() if k not in ("progress", "name", "runs_dir")}
+    stages = Stages(run_dir, settings, log)
 
     gathered = stages.run("gather", lambda: gather_stage(cfg))
     curated = stages.run("curate", lambda: curate_stage(cfg, gathered))
