@@ -53,7 +53,7 @@ def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
     assert "data:image/png;base64," in html and "Final metrics" in html
     assert (run / "plots" / "loss.png").stat().st_size > 1000
     assert {p.stem for p in (run / "stages").glob("*.json")} == {
-        "gather", "curate", "tokenizer", "tokenize", "pretrain", "evaluate", "sample"}
+        "settings", "gather", "curate", "tokenizer", "tokenize", "pretrain", "evaluate", "sample"}
     assert (run / "train" / "averaged" / "COMPLETE").exists()
 
     generate = ["generate", str(run / "train"), "--prompt", "def ", "--max-tokens", "8", "--temperature", "0"]
