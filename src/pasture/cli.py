@@ -22,7 +22,7 @@ COMMAND_MODULES = [
     "pasture.train.cli",
     "pasture.train.pretrain_cli",
     "pasture.train.parallel_cli",
-    "pasture.model.cli",
+    "pasture.model_cli",
 ]
 
 
@@ -35,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pasture {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and (name == e.name or name.startswith(e.name + ".")):  # a stage not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -1,4 +1,7 @@
-"""`pasture model info` and `pasture convert`."""
+"""`pasture model info` and `pasture convert`.
+
+Kept outside the `pasture.model` package, whose import loads torch, so `pasture --help` stays fast.
+"""
 
 from __future__ import annotations
 
