@@ -110,3 +110,15 @@ def test_unigram_baseline_matches_hand_computation(tmp_path):
     result = unigram_bits_per_byte(tmp_path)
     assert result["unigram_bpb"] == pytest.approx(bits / 6)
     assert result["unigram_bits_per_token"] == pytest.approx(bits / 3)
+
+
+def test_fineweb_style_parquet_columns_land_in_meta(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"text": ["hello world"], "id": ["<urn:uuid:1>"], "url": ["https://a.org/x"],
+                      "dump": ["CC-MAIN-2024-10"], "date": ["2024-03-01T00:00:00Z"], "language_score": [0.98]})
+    pq.write_table(table, tmp_path / "shard.parquet")
+    (doc,) = list(iter_documents(tmp_path / "shard.parquet"))
+    assert (doc.id, doc.url, doc.text) == ("<urn:uuid:1>", "https://a.org/x", "hello world")
+    assert doc.meta == {"dump": "CC-MAIN-2024-10", "date": "2024-03-01T00:00:00Z", "language_score": 0.98}

@@ -25,6 +25,9 @@ TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 DOCUMENT_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES
 
 
+_RECORD_FIELDS = {"id", "text", "content", "url", "source", "meta", "metadata"}
+
+
 class DocumentError(PastureError):
     """An input that is not a readable documents file."""
 
@@ -53,6 +56,9 @@ class Document:
                 meta = json.loads(meta)
             except json.JSONDecodeError:
                 meta = {"raw": meta}
+        # other columns (FineWeb's dump, date, language_score, ...) are kept in meta
+        extra = {k: v for k, v in record.items() if k not in _RECORD_FIELDS and v is not None}
+        meta = {**extra, **meta}
         return cls(
             id=str(record.get("id") or fallback_id),
             text=text,
