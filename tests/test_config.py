@@ -25,12 +25,12 @@ class Outer:
 
 
 def test_load_by_path_and_by_shipped_name(tmp_path):
-    (tmp_path / "curate-web.toml").write_text('[output]\ndir = "out"\n[minhash]\nbands = 14\n')
-    by_name = load_toml_recipe("web", tmp_path, prefix="curate-")
-    by_path = load_toml_recipe(tmp_path / "curate-web.toml", tmp_path)
+    (tmp_path / "web.toml").write_text('[output]\ndir = "out"\n[minhash]\nbands = 14\n')
+    by_name = load_toml_recipe("web", tmp_path)
+    by_path = load_toml_recipe(tmp_path / "web.toml", tmp_path)
     assert by_name == by_path == {"output": {"dir": "out"}, "minhash": {"bands": 14}}
     with pytest.raises(PastureError, match="shipped: web"):
-        load_toml_recipe("nope", tmp_path, prefix="curate-")
+        load_toml_recipe("nope", tmp_path)
     (tmp_path / "bad.toml").write_text("[x\n")
     with pytest.raises(PastureError, match="not valid TOML"):
         load_toml_recipe(tmp_path / "bad.toml", tmp_path)

@@ -19,23 +19,18 @@ from typing import Any
 from pasture.errors import PastureError
 
 
-def load_toml_recipe(name_or_path: str | os.PathLike, recipe_dir: str | os.PathLike, prefix: str = "") -> dict[str, Any]:
-    """Read a recipe given as a file path, or as a name shipped in `recipe_dir`.
-
-    A name `web` is looked up as `recipe_dir/<prefix>web.toml` (then without the prefix),
-    so `pasture curate web` finds `curate-web.toml`.
-    """
+def load_toml_recipe(name_or_path: str | os.PathLike, recipe_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read a recipe given as a file path, or as a name shipped in `recipe_dir` (`web` is
+    `recipe_dir/web.toml`); each stage ships its recipes in a folder of its own."""
     path = Path(name_or_path)
     if not path.is_file():
-        candidates = [Path(recipe_dir) / f"{prefix}{name_or_path}.toml", Path(recipe_dir) / f"{name_or_path}.toml"]
-        found = [c for c in candidates if c.is_file()]
-        if not found:
-            shipped = sorted(p.stem.removeprefix(prefix) for p in Path(recipe_dir).glob(f"{prefix}*.toml"))
+        path = Path(recipe_dir) / f"{name_or_path}.toml"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in Path(recipe_dir).glob("*.toml"))
             raise PastureError(
                 f"recipe {str(name_or_path)!r} is neither a file nor a shipped recipe "
                 f"(shipped: {', '.join(shipped) or 'none'})"
             )
-        path = found[0]
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

@@ -118,10 +118,9 @@ def gather_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
 
 def curation_recipe(cfg: SpeedrunConfig, inputs: list[str]) -> dict[str, Any]:
     """The shipped web recipe, set for a corpus of source code and documentation."""
-    from pasture.config import load_toml_recipe
-    from pasture.train.pretrain import RECIPE_DIR
+    from pasture.data.recipe import load_recipe
 
-    recipe = load_toml_recipe("web", RECIPE_DIR, prefix="curate-")
+    recipe = load_recipe("web")
     recipe["input"]["paths"] = inputs
     recipe["output"]["dir"] = str(cfg.run_dir / "curated")
     recipe["output"]["format"] = "jsonl.zst"

@@ -1,6 +1,6 @@
 """`pasture curate RECIPE [section.key=value ...]` and `pasture curate train-quality ...`.
 
-RECIPE is a TOML file or a shipped name (`web` -> recipes/curate-web.toml). The word
+RECIPE is a TOML file or a shipped name (`web` -> recipes/curate/web.toml). The word
 `train-quality` hands the remaining arguments to the quality-classifier trainer in
 `pasture.data.filters.quality`.
 """

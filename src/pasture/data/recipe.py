@@ -159,15 +159,15 @@ def parse_recipe(recipe: dict[str, Any], registry: dict[str, type] | None = None
 
 
 def recipe_dir() -> str:
-    return str(importlib.resources.files("pasture") / "recipes")
+    return str(importlib.resources.files("pasture") / "recipes" / "curate")
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> dict[str, Any]:
-    """A recipe file or shipped name (`web` -> curate-web.toml) with `section.key=value` overrides applied.
+    """A recipe file or shipped name (`web` -> recipes/curate/web.toml) with `section.key=value` overrides applied.
 
     `engine=ray` is accepted as short for `engine.kind=ray`.
     """
-    recipe = load_toml_recipe(name_or_path, recipe_dir(), prefix="curate-")
+    recipe = load_toml_recipe(name_or_path, recipe_dir())
     overrides = [f"engine.kind={o.split('=', 1)[1]}" if o.split("=", 1)[0].strip() == "engine" else o
                  for o in overrides]
     return apply_overrides(recipe, list(overrides))
