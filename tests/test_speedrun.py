@@ -43,7 +43,7 @@ def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
     run = tmp_path / "runs" / "t"
     summary = json.loads((run / "speedrun.json").read_text())
     assert summary["pretrain"]["steps"] == 6 and summary["pretrain"]["tokens"] == 6 * 4 * 64
-    assert summary["tokenizer"]["vocab_size"] == 512 + 256
+    assert summary["tokenizer"]["vocab_size"] == 512 + 256 and summary["tokenizer"]["held-out chars/token"] > 1
     kept = summary["curation"]["stages"]
     assert kept[0]["docs_in"] == len(list(iter_documents(src)))
     e = summary["evaluation"]

@@ -285,7 +285,7 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
         "environment": environment(),
         "gather": gathered if gathered.get("roots") else None,
         "curation": _curation_summary(curated),
-        "tokenizer": {k: v for k, v in tok.items() if not isinstance(v, (dict, list))},
+        "tokenizer": _tokenizer_summary(tok),
         "tokenize": tokens,
         "pretrain": {
             "recipe": trained.get("recipe"), "parameters": trained.get("params"), "steps": trained.get("steps"),
@@ -301,6 +301,20 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
     md, html = write_report(run_dir, summary)
     log(f"report: {md} and {html}")
     return summary
+
+
+def _tokenizer_summary(tok: dict[str, Any]) -> dict[str, Any]:
+    """What the report shows of tokenizer training: size, data, held-out compression."""
+    heldout = tok.get("heldout") or {}
+    check = tok.get("hf_segmentation_check") or {}
+    return {
+        "path": tok["path"], "vocab_size": tok["vocab_size"], "base ranks": tok["num_base_tokens"],
+        "training documents": tok["train"]["docs"], "training bytes": tok["train"]["bytes"],
+        "held-out documents": heldout.get("docs"), "held-out chars/token": heldout.get("chars_per_token"),
+        "held-out bytes/token": heldout.get("bytes_per_token"),
+        "segmentation equal to HF tokenizers": f"{check.get('identical')}/{check.get('texts')} texts" if check else None,
+        "seconds": tok.get("seconds"),
+    }
 
 
 def _train_records(train_dir: Path) -> dict[str, Any]:
