@@ -1,0 +1,57 @@
+"""Checks that need CUDA; they skip cleanly elsewhere (CI has no GPU).
+
+Run on a GPU machine with `python -m pytest -q tests/test_gpu.py`.
+"""
+
+import pytest
+import torch
+
+from pasture import model as pm
+from pasture.model.config import RopeScaling
+from pasture.train.loss import cross_entropy_sum
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def small_config():
+    return pm.ModelConfig(dim=256, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=1024, multiple_of=64,
+                          rope_scaling=RopeScaling(original_max_position_embeddings=128), max_seq_len=1024)
+
+
+def test_compiled_flex_attention_equals_masked_sdpa_on_cuda():
+    torch.manual_seed(0)
+    config = small_config()
+    flex = pm.build(config, device="cuda", seed=1, attention_backend="flex").eval()
+    sdpa = pm.build(config, device="cuda", seed=1, attention_backend="sdpa").eval()
+    tokens = torch.randint(0, config.vocab_size, (2, 512), device="cuda")
+    doc_ids = torch.cat([torch.zeros(2, 200), torch.ones(2, 312)], dim=1).long().cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(flex(tokens, doc_ids), sdpa(tokens, doc_ids), rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_autocast_step_matches_fp32_loss_and_uses_fused_adamw():
+    from pasture.train.schedule import OptimConfig, build_optimizer
+
+    torch.manual_seed(0)
+    config = small_config()
+    model = pm.build(config, device="cuda", seed=2)
+    optimizer = build_optimizer(model, OptimConfig())
+    assert optimizer.defaults["fused"]
+    tokens = torch.randint(0, config.vocab_size, (4, 256), device="cuda")
+    with torch.no_grad():
+        fp32 = cross_entropy_sum(model(tokens, return_hidden=True), model.output.weight, tokens).item()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = cross_entropy_sum(model(tokens, return_hidden=True), model.output.weight, tokens)
+    assert loss.item() == pytest.approx(fp32, rel=2e-2)
+    loss.backward()
+    optimizer.step()
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
+
+
+def test_kv_cache_decoding_on_cuda_equals_full_forward():
+    from pasture.train.generate import SamplingParams, generate
+
+    model = pm.build(small_config(), device="cuda", seed=3).eval()
+    prompt = list(range(1, 20))
+    greedy = SamplingParams(max_tokens=24, temperature=0)
+    assert generate(model, prompt, greedy, use_cache=True) == generate(model, prompt, greedy, use_cache=False)
