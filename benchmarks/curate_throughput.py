@@ -9,6 +9,9 @@ comparisons:
            pasture: the same with trafilatura, and with its default resiliparse)
   minhash: JSONL -> 14x8 MinHash over 5-grams -> de-duplicated JSONL (datatrove's 4 stages;
            pasture's signatures -> buckets -> clusters -> filter)
+  pipeline: WARC -> extraction -> Gopher repetition + Gopher quality filters -> JSONL, the part
+           of the Llama 3 / FineWeb pipeline both tools run offline (datatrove's language filter and
+           C4 bad-words lists download models/lists, so they are off on both sides)
 datatrove runs only when it imports (pip install datatrove, e.g. in a separate venv that
 also sees pasture: python -m venv --system-site-packages).
 """
@@ -76,6 +79,22 @@ def datatrove_extract(warc: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
+def datatrove_pipeline(warc: Path, out: Path) -> tuple[float, int]:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.readers import WarcReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    t0 = time.perf_counter()
+    LocalPipelineExecutor(pipeline=[WarcReader(str(warc.parent), glob_pattern="*.warc.gz"), Trafilatura(timeout=5.0),
+                                    GopherRepetitionFilter(), GopherQualityFilter(),
+                                    JsonlWriter(str(out / "data"), compression=None)],
+                          tasks=1, workers=1, logging_dir=str(out / "logs")).run()
+    kept = sum(1 for f in (out / "data").glob("*.jsonl") for _ in open(f))
+    return time.perf_counter() - t0, kept
+
+
 def datatrove_minhash(jsonl: Path, out: Path) -> tuple[float, int]:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
@@ -114,6 +133,13 @@ def main() -> None:
         seconds, stats = pasture_run([str(jsonl)], root / "p-minhash", url_dedup={"enabled": False},
                                      line_dedup={"enabled": False})
         rows.append(("minhash: pasture (4 phases)", n, seconds, text_mb, stats["stages"]["output"]["docs_out"]))
+        gopher_only = {"kl": False, "max_dirty_words": None}
+        filters_off = {name: {"enabled": False} for name in ("language", "safety", "domains")}
+        for engine in ("resiliparse", "trafilatura"):
+            seconds, stats = pasture_run([str(warc)], root / f"p-pipe-{engine}", extract={"engine": engine},
+                                         heuristic={"enabled": True, **gopher_only}, **off, **filters_off)
+            rows.append((f"pipeline: pasture ({engine} + Gopher filters)", n, seconds, warc_mb,
+                         stats["stages"]["output"]["docs_out"]))
         try:
             import datatrove
 
@@ -121,6 +147,11 @@ def main() -> None:
             kept = sum(1 for f in (root / "dt-extract" / "data").glob("*.jsonl") for _ in open(f))
             rows.append((f"extract: datatrove {datatrove.__version__ if hasattr(datatrove, '__version__') else version('datatrove')} (trafilatura)",
                          n, seconds, warc_mb, kept))
+            try:
+                seconds, kept = datatrove_pipeline(warc, root / "dt-pipeline")
+                rows.append(("pipeline: datatrove (trafilatura + Gopher filters)", n, seconds, warc_mb, kept))
+            except Exception as e:
+                print(f"datatrove pipeline failed: {type(e).__name__}: {e}")
             try:
                 seconds, kept = datatrove_minhash(jsonl, root / "dt-minhash")
                 rows.append(("minhash: datatrove (4 stages)", n, seconds, text_mb, kept))
@@ -135,7 +166,8 @@ def main() -> None:
         for name, docs, seconds, mb, kept in rows:
             print(f"| {name} | {docs} | {kept} | {seconds:.2f} | {docs / seconds:,.0f} | {mb / seconds:.2f} |")
         pairs = [("extract: pasture (trafilatura)", "extract: datatrove"), ("extract: pasture (resiliparse)", "extract: datatrove"),
-                 ("minhash: pasture", "minhash: datatrove")]
+                 ("pipeline: pasture (trafilatura", "pipeline: datatrove"),
+                 ("pipeline: pasture (resiliparse", "pipeline: datatrove"), ("minhash: pasture", "minhash: datatrove")]
         for ours, theirs in pairs:
             a = [r for r in rows if r[0].startswith(ours)]
             b = [r for r in rows if r[0].startswith(theirs)]
