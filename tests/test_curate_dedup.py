@@ -6,7 +6,7 @@ from itertools import combinations
 import numpy as np
 
 from curate_corpus import page, recipe, stdlib_texts, write_jsonl, write_warc
-from pasture.data.curate import run_curation
+from pasture.data.curate import describe_key, doc_key, run_curation
 from pasture.data.documents import iter_documents
 from pasture.data.minhash import MinHasher, bucket_pairs, connected_roots, shingles
 from pasture.data.urls import crawl_time, normalize_url, url_key
@@ -139,3 +139,56 @@ def test_line_dedup_removes_lines_seen_more_than_six_times_per_bucket(tmp_path):
     assert len(kept) == 21 and not any("Subscribe" in t for k, t in kept.items() if k != "only-boilerplate")
     assert sum("Share this page" in t for t in kept.values()) == 6
     assert sum("Cookie settings" in t for t in kept.values()) == 4
+
+
+def near_duplicate_chains(chains: int = 3, length: int = 12, seed: int = 0) -> list[list[str]]:
+    """Chains of documents, each 1% of words away from the one before: neighbours are near-duplicates
+    (J ~ 0.85), the two ends are not (J ~ 0.3), so only transitivity puts a chain into one cluster."""
+    rng = random.Random(seed)
+    out = []
+    for c, base in enumerate(stdlib_texts(chains, chars=4000)):
+        words = base.split(" ")
+        chain = [base]
+        for step in range(1, length):
+            for j in rng.sample(range(len(words)), len(words) // 100):
+                words[j] = f"c{c}s{step}w{j}"
+            chain.append(" ".join(words))
+        out.append(chain)
+    return out
+
+
+def test_chains_of_near_duplicates_cluster_the_same_under_any_partition_count(tmp_path):
+    chains = near_duplicate_chains()
+    for chain in chains:
+        first, last = shingles(chain[0], 5), shingles(chain[-1], 5)
+        assert len(first & last) / len(first | last) < 0.4
+    # shuffled over 3 input files, so a chain's smallest doc key sits anywhere along it
+    placed = [(c, i) for c, chain in enumerate(chains) for i in range(len(chain))]
+    random.Random(1).shuffle(placed)
+    shards = [placed[0:12], placed[12:24], placed[24:]]
+    key_of = {}
+    for shard, members in enumerate(shards):
+        write_jsonl(tmp_path / f"s{shard}.jsonl", [{"id": f"c{c}d{i}", "text": chains[c][i]} for c, i in members])
+        key_of.update({f"c{c}d{i}": int(doc_key(shard, position)) for position, (c, i) in enumerate(members)})
+    ids = list(key_of)
+    texts = {f"c{c}d{i}": chains[c][i] for c, i in placed}
+    band_keys = MinHasher(5, 14, 8, seed=1).band_keys([texts[i] for i in ids])
+    keys = np.array([key_of[i] for i in ids], dtype=np.int64)
+    nodes, roots = connected_roots(np.concatenate([bucket_pairs(band_keys[:, b], keys) for b in range(14)]))
+    expected = {i: describe_key(dict(zip(nodes.tolist(), roots.tolist()))[key_of[i]]) for i in ids}
+    chain_roots = {c: min(key_of[f"c{c}d{i}"] for i in range(12)) for c in range(3)}
+    assert expected == {f"c{c}d{i}": describe_key(chain_roots[c]) for c, i in placed}  # one cluster per chain
+    inputs = [str(tmp_path / f"s{shard}.jsonl") for shard in range(3)]
+    rounds = set()
+    for partitions in (1, 3, 16):
+        out = tmp_path / f"out{partitions}"
+        stats = run_curation(recipe(inputs, out, minhash={"cluster_partitions": partitions},
+                                    line_dedup={"enabled": False}))
+        minhash = stats["stages"]["minhash"]
+        assert minhash["removed"] == {"near_duplicate": 33} and minhash["clusters"] == 3
+        rounds.add(minhash["cluster_rounds"])
+        removed = {d.id: d.meta["duplicate_of"] for d in iter_documents(out / "rejects" / "minhash")}
+        assert removed == {i: root for i, root in expected.items() if key_of[i] not in chain_roots.values()}
+        kept = {d.id for d in iter_documents(out / "data")}
+        assert kept == {i for i in ids if key_of[i] in chain_roots.values()}
+    assert len(rounds) == 1 and rounds.pop() >= 5  # labels travel one edge per round, whatever the partitioning

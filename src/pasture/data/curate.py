@@ -6,7 +6,8 @@ Phases, each a set of tasks run by the engine (local processes or Ray):
    their URL keys and their MinHash band keys.
 2. url_dedup (per URL-hash range): keep the most recent crawl of each URL.
 3. minhash_buckets (per band x hash range): documents sharing a band key -> pairs.
-4. minhash_cluster: union-find over the pairs; smallest doc key of a cluster is kept.
+4. minhash_cluster (rounds of per-partition tasks, then per shard): connected components
+   by min-label propagation over hash-partitioned edges; smallest doc key of a cluster is kept.
 5. line_count (per shard) and line_merge (per bucket x hash range): lines seen more
    than `max_count` times within a bucket of `bucket_docs` documents.
 6. filter (per shard): apply the removals and line dedup, then the per-document
@@ -241,9 +242,21 @@ def _load_removals(config: CurateConfig, shard: int | None = None) -> dict[str, 
 # ---------------------------------------------------------------- 3-4. MinHash
 
 
+def _components(config: CurateConfig) -> Path:
+    return _work(config) / "minhash" / "components"
+
+
+def _labels_path(config: CurateConfig, round_: int, partition: int) -> Path:
+    return _components(config) / f"round{round_:03d}" / f"labels-p{partition:03d}.npz"
+
+
 def minhash_bucket(task: dict[str, Any]) -> dict[str, Any]:
-    """One band, one slice of its key space: documents with equal band keys become (root, member) pairs."""
-    from pasture.data.minhash import bucket_pairs
+    """One band, one slice of its key space: documents with equal band keys become (root, member) pairs.
+
+    The pairs are written as directed edges in both directions, one file per node partition of
+    the edge's source, so each clustering task later reads only its own partition.
+    """
+    from pasture.data.minhash import bucket_pairs, node_partition
 
     config: CurateConfig = task["config"]
     band, part, ranges = task["band"], task["range"], config.minhash.hash_ranges
@@ -256,26 +269,98 @@ def minhash_bucket(task: dict[str, Any]) -> dict[str, Any]:
         band_keys.append(np.asarray(column[mine]))
         keys.append(k[mine])
     pairs = bucket_pairs(np.concatenate(band_keys), np.concatenate(keys))
-    _save_npy(_work(config) / "minhash" / "pairs" / f"b{band:03d}-r{part:03d}.npy", pairs)
+    edges = np.concatenate([pairs, pairs[:, ::-1]])
+    partition_of_source = node_partition(edges[:, 0], config.minhash.cluster_partitions)
+    for p in np.unique(partition_of_source).tolist():
+        _save_npy(_components(config) / "pairs" / f"p{p:03d}" / f"b{band:03d}-r{part:03d}.npy",
+                  edges[partition_of_source == p])
     return {"pairs": int(len(pairs))}
 
 
-def minhash_cluster(task: dict[str, Any]) -> dict[str, Any]:
-    """Union-find over every pair file; per shard, the removed doc keys and their cluster root."""
-    from pasture.data.minhash import connected_roots
+def _partition_edges(config: CurateConfig, partition: int) -> np.ndarray:
+    """The distinct directed edges of one partition, sorted; the same pair found by many bands is kept once."""
+    edges = np.empty((0, 2), dtype=np.int64)
+    for path in sorted((_components(config) / "pairs" / f"p{partition:03d}").glob("b*-r*.npy")):
+        edges = np.unique(np.concatenate([edges, np.load(path)]), axis=0)
+    return edges
+
+
+def minhash_label_round(task: dict[str, Any]) -> dict[str, Any]:
+    """One round of min-label propagation in one partition of the duplicate graph.
+
+    Round 0 labels every node with itself; each later round lowers labels to the smallest one
+    the neighbours sent in the round before. Nodes whose label changed send it along their
+    edges, into one inbox per target partition. Memory: this partition's edges, labels and inbox.
+    """
+    from pasture.data.minhash import lower_labels, min_label_messages, node_partition
 
     config: CurateConfig = task["config"]
-    pair_files = sorted((_work(config) / "minhash" / "pairs").glob("b*-r*.npy"))
-    pairs = np.concatenate([np.load(p) for p in pair_files]) if pair_files else np.empty((0, 2), np.int64)
-    nodes, roots = connected_roots(pairs)
-    removed = nodes != roots
-    nodes, roots = nodes[removed], roots[removed]
-    shards = nodes >> SHARD_BITS
-    for shard in range(task["shards"]):
-        mine = shards == shard
-        _save_npz(_work(config) / "minhash" / "remove" / f"{shard_name(shard)}.npz", key=nodes[mine],
-                  root=roots[mine])
-    return {"removed": int(len(nodes)), "clusters": int(len(np.unique(roots)))}
+    partition, round_ = task["partition"], task["round"]
+    partitions, components = config.minhash.cluster_partitions, _components(config)
+    edges_path = components / "edges" / f"p{partition:03d}.npy"
+    if round_ == 0:
+        edges = _partition_edges(config, partition)
+        _save_npy(edges_path, edges)
+        nodes = np.unique(edges[:, 0])
+        labels = nodes.copy()
+        changed = np.ones(len(nodes), dtype=bool)
+    else:
+        edges = np.load(edges_path)
+        with np.load(_labels_path(config, round_ - 1, partition)) as f:
+            nodes, previous = f["node"], f["label"]
+        inbox = sorted((components / f"round{round_ - 1:03d}" / f"to-p{partition:03d}").glob("from-p*.npy"))
+        messages = np.concatenate([np.load(p) for p in inbox]) if inbox else np.empty((0, 2), dtype=np.int64)
+        labels = lower_labels(nodes, previous, messages[:, 0], messages[:, 1])
+        changed = labels != previous
+    _save_npz(_labels_path(config, round_, partition), node=nodes, label=labels)
+    targets, sent = min_label_messages(edges, nodes, labels, changed)
+    target_partition = node_partition(targets, partitions)
+    for q in np.unique(target_partition).tolist():
+        mine = target_partition == q
+        _save_npy(components / f"round{round_:03d}" / f"to-p{q:03d}" / f"from-p{partition:03d}.npy",
+                  np.stack([targets[mine], sent[mine]], axis=1))
+    return {"changed": int(changed.sum())}
+
+
+def minhash_removals(task: dict[str, Any]) -> dict[str, Any]:
+    """One shard's removed doc keys and their cluster root, from the converged labels of every partition."""
+    config: CurateConfig = task["config"]
+    shard = task["shard"]
+    keys, roots, clusters = [], [], 0
+    for partition in range(config.minhash.cluster_partitions):
+        with np.load(_labels_path(config, task["round"], partition)) as f:
+            nodes, labels = f["node"], f["label"]
+        mine = (nodes >> SHARD_BITS) == shard
+        removed = mine & (nodes != labels)
+        keys.append(nodes[removed])
+        roots.append(labels[removed])
+        clusters += int((mine & ~removed).sum())
+    key, root = np.concatenate(keys), np.concatenate(roots)
+    order = np.argsort(key)
+    _save_npz(_work(config) / "minhash" / "remove" / f"{shard_name(shard)}.npz", key=key[order], root=root[order])
+    return {"removed": int(len(key)), "clusters": clusters}
+
+
+def _cluster_duplicates(engine: Any, config: CurateConfig, shards: int) -> dict[str, int]:
+    """Connected components of the duplicate graph in rounds of partition tasks, until no label changes.
+
+    A round's files are deleted once the next round is done (nothing reads them again, even
+    on resume); the round count is the longest distance from a cluster's root, plus two.
+    """
+    components, done = _components(config), _work(config) / "done" / "minhash_cluster"
+    round_, changed = 0, 1
+    while changed:
+        results = run_tasks(engine, minhash_label_round,
+                            {f"p{p:03d}": {"config": config, "partition": p, "round": round_}
+                             for p in range(config.minhash.cluster_partitions)},
+                            done / f"round{round_:03d}", f"minhash_cluster round {round_}")
+        changed = sum(r["changed"] for r in results.values())
+        shutil.rmtree(components / ("pairs" if round_ == 0 else f"round{round_ - 1:03d}"), ignore_errors=True)
+        round_ += 1
+    removals = run_tasks(engine, minhash_removals,
+                         {shard_name(i): {"config": config, "shard": i, "round": round_ - 1} for i in range(shards)},
+                         done / "removals", "minhash_removals")
+    return {"rounds": round_, "clusters": sum(r["clusters"] for r in removals.values())}
 
 
 # ---------------------------------------------------------------- 5. line dedup
@@ -529,9 +614,12 @@ def run_curation(recipe: dict[str, Any] | CurateConfig, registry: dict[str, type
                             {f"b{b:03d}-r{r:03d}": {"config": config, "band": b, "range": r, "shards": n}
                              for b in range(config.minhash.bands) for r in range(config.minhash.hash_ranges)})
             pairs = sum(r["pairs"] for r in results.values())
-            cluster = phase("minhash_cluster", minhash_cluster, {"all": {"config": config, "shards": n}})["all"]
+            t0 = time.perf_counter()
+            cluster = _cluster_duplicates(engine, config, n)
+            phases["minhash_cluster"] = time.perf_counter() - t0
             global_counts["minhash"] = {"seconds": phases["minhash_buckets"] + phases["minhash_cluster"],
-                                        "candidate_pairs": pairs, "clusters": cluster["clusters"]}
+                                        "candidate_pairs": pairs, "clusters": cluster["clusters"],
+                                        "cluster_rounds": cluster["rounds"]}
         removed_per_shard = [0] * n
         for i in range(n):
             removed_per_shard[i] = sum(len(k) for k, _ in _load_removals(config, i).values())

@@ -10,9 +10,12 @@ band when all `rows` minima agree, which happens with probability J^rows.
 
 Clustering is over duplicate pairs only (a document with no near-duplicate never
 enters it): band buckets give star edges to the smallest document key in the bucket,
-and a vectorised union-find gives every document the smallest key of its connected
-component as root. The root is kept, every other member is removed: deterministic,
-whatever the order in which the pair files were written.
+and every document gets the smallest key of its connected component as root. The
+root is kept, every other member is removed: deterministic, whatever the order in
+which the pair files were written. At scale the components come from min-label
+propagation over edges partitioned by a hash of the node (`node_partition`,
+`min_label_messages`, `lower_labels`: one round per graph diameter step, each
+partition a separate task); `connected_roots` is the same answer in one process.
 """
 
 from __future__ import annotations
@@ -192,3 +195,37 @@ def connected_roots(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 break
             parent = jumped
     return nodes, nodes[parent]
+
+
+def node_partition(keys: np.ndarray, partitions: int) -> np.ndarray:
+    """The connected-components partition of each doc key: hashed, so every shard spreads over all partitions."""
+    return (mix64(np.asarray(keys).astype(np.uint64)) % np.uint64(partitions)).astype(np.int64)
+
+
+def smallest_per_key(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique keys, the smallest value given for each)."""
+    order = np.lexsort((values, keys))
+    keys, values = keys[order], values[order]
+    first = np.r_[True, keys[1:] != keys[:-1]] if len(keys) else np.empty(0, dtype=bool)
+    return keys[first], values[first]
+
+
+def min_label_messages(edges: np.ndarray, nodes: np.ndarray, labels: np.ndarray,
+                       changed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, labels) sent along the out-edges of the nodes whose label changed; the smallest per target.
+
+    `edges` are directed (source, target) pairs whose sources are exactly `nodes` (sorted); a node
+    whose label did not change has nothing new to tell its neighbours, so it stays silent.
+    """
+    source = np.searchsorted(nodes, edges[:, 0])
+    send = changed[source]
+    return smallest_per_key(edges[send, 1], labels[source[send]])
+
+
+def lower_labels(nodes: np.ndarray, labels: np.ndarray, targets: np.ndarray, offered: np.ndarray) -> np.ndarray:
+    """Each node's label lowered to the smallest label its neighbours offered (`targets` all in `nodes`)."""
+    targets, offered = smallest_per_key(targets, offered)
+    index = np.searchsorted(nodes, targets)
+    lowered = labels.copy()
+    lowered[index] = np.minimum(labels[index], offered)
+    return lowered

@@ -62,6 +62,7 @@ class MinhashConfig:
     seed: int = 1
     hash_ranges: int = 1  # tasks per band: each buckets one slice of the band-key space
     batch_docs: int = 512
+    cluster_partitions: int = 16  # clustering tasks per round: each holds 1/N of the duplicate graph
 
 
 @dataclass
@@ -152,6 +153,7 @@ def parse_recipe(recipe: dict[str, Any], registry: dict[str, type] | None = None
                        ("line_dedup.bucket_docs", config.line_dedup.bucket_docs),
                        ("url_dedup.hash_ranges", config.url_dedup.hash_ranges),
                        ("minhash.hash_ranges", config.minhash.hash_ranges),
+                       ("minhash.cluster_partitions", config.minhash.cluster_partitions),
                        ("line_dedup.hash_ranges", config.line_dedup.hash_ranges)]:
         if value < 1:
             raise PastureError(f"{key}: must be at least 1, got {value}")
