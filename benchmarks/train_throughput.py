@@ -1,6 +1,8 @@
 """Training throughput of pasture's Llama 3.2 1B on one GPU, next to Hugging Face and a matmul.
 
     python benchmarks/train_throughput.py [--steps 20] [--warmup 5] [--batch 8] [--seq 2048]
+    python benchmarks/train_throughput.py --device cpu --preset tiny --batch 4 --seq 256 --steps 5 --warmup 2
+        (a CPU run of the same harness at a small shape: checks it end to end without a GPU)
 
 Runs, one after the other in one process, each timed over the same steps of random tokens:
 - pasture: bf16 autocast over fp32 weights, torch.compile per block, chunked cross-entropy,
@@ -14,8 +16,8 @@ Runs, one after the other in one process, each timed over the same steps of rand
 Prints tokens/s, MFU = flops_per_token x tokens/s / 989 TFLOP/s (H100 dense bf16), where
 flops_per_token = 6N + 12·L·H·Q·T with N every matmul parameter including the output
 projection (`pasture.model.info.flops_per_token`), the ratios to Hugging Face, and peak
-memory against `pasture plan`'s prediction for the same shape. Without CUDA it says so
-and exits 0.
+memory against `pasture plan`'s prediction for the same shape. Without CUDA (and without
+`--device cpu`) it says so and exits 0.
 """
 
 from __future__ import annotations
@@ -30,14 +32,24 @@ import torch
 PEAK_BF16 = 989e12  # H100 SXM dense bf16
 
 
+DEVICE = torch.device("cuda")
+
+
 def _sync_time() -> float:
-    torch.cuda.synchronize()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter()
 
 
+def _autocast():
+    """bf16 autocast on the GPU; fp32 on CPU, where bf16 matmuls are emulated and slow."""
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=DEVICE.type == "cuda")
+
+
 def matmul_tflops(n: int = 8192, repeats: int = 50) -> float:
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=DEVICE, dtype=dtype)
+    b = torch.randn(n, n, device=DEVICE, dtype=dtype)
     for _ in range(5):
         a @ b
     start = _sync_time()
@@ -47,37 +59,42 @@ def matmul_tflops(n: int = 8192, repeats: int = 50) -> float:
 
 
 def time_steps(step, steps: int, warmup: int, tokens_per_step: int) -> tuple[float, float]:
-    """(tokens/s over the timed steps, peak GiB allocated)."""
-    torch.cuda.reset_peak_memory_stats()
+    """(tokens/s over the timed steps, peak GiB allocated; 0 on CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
         step()
     start = _sync_time()
     for _ in range(steps):
         step()
     elapsed = _sync_time() - start
-    return tokens_per_step * steps / elapsed, torch.cuda.max_memory_allocated() / 2**30
+    peak = torch.cuda.max_memory_allocated() / 2**30 if DEVICE.type == "cuda" else 0.0
+    return tokens_per_step * steps / elapsed, peak
 
 
-def pasture_step(config, batch: int, seq: int, document_mask: bool, float8: str | None = None):
+def pasture_step(config, batch: int, seq: int, document_mask: bool, compile_blocks: bool, float8: str | None = None):
     from pasture.model import build
     from pasture.train.loss import cross_entropy_sum
     from pasture.train.schedule import OptimConfig, build_optimizer
 
-    model = build(config, device="cuda", attention_backend="flex" if document_mask else "sdpa", seed=0)
+    # the document mask runs on FlexAttention on the GPU, on SDPA with a dense mask on CPU (no flex backward there)
+    backend = "flex" if document_mask and DEVICE.type == "cuda" else "sdpa"
+    model = build(config, device=DEVICE, attention_backend=backend, seed=0)
     if float8:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
         fp8 = Float8LinearConfig.from_recipe_name(float8)
         convert_to_float8_training(model, config=fp8, module_filter_fn=lambda m, name: name != "output")
-    for block in model.layers:
-        block.compile()
+    if compile_blocks:
+        for block in model.layers:
+            block.compile()
     optimizer = build_optimizer(model, OptimConfig(lr=1e-4, fused=True))
-    tokens = torch.randint(0, config.vocab_size, (batch, seq + 1), device="cuda")
+    tokens = torch.randint(0, config.vocab_size, (batch, seq + 1), device=DEVICE)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    doc_ids = (torch.arange(seq, device="cuda") // 512).expand(batch, seq) if document_mask else None
+    doc_ids = (torch.arange(seq, device=DEVICE) // 512).expand(batch, seq) if document_mask else None
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with _autocast():
             hidden = model(inputs, doc_ids, return_hidden=True)
             loss = cross_entropy_sum(hidden, model.output.weight, targets) / targets.numel()
         loss.backward()
@@ -102,14 +119,14 @@ def hf_step(config, batch: int, seq: int, compiled: bool):
             "original_max_position_embeddings": rope.original_max_position_embeddings},
         attn_implementation="sdpa",
     )
-    model = LlamaForCausalLM(hf_config).cuda()
+    model = LlamaForCausalLM(hf_config).to(DEVICE)
     if compiled:
         model = torch.compile(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
-    tokens = torch.randint(0, config.vocab_size, (batch, seq), device="cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=DEVICE.type == "cuda")
+    tokens = torch.randint(0, config.vocab_size, (batch, seq), device=DEVICE)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with _autocast():
             loss = model(input_ids=tokens, labels=tokens).loss
         loss.backward()
         optimizer.step()
@@ -124,7 +141,7 @@ def float8_recipes() -> list[str]:
         import torchao.float8  # noqa: F401
     except ImportError:
         return []
-    if torch.cuda.get_device_capability() < (8, 9):
+    if DEVICE.type != "cuda" or torch.cuda.get_device_capability() < (8, 9):
         return []
     return ["rowwise", "tensorwise"]
 
@@ -135,30 +152,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--preset", default="llama3.2-1b")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--no-compile", action="store_true", help="eager only (default on CPU)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("train_throughput: no CUDA device; this benchmark needs a GPU (skipped)")
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        print("train_throughput: no CUDA device; this benchmark needs a GPU (skipped; --device cpu runs a small check)")
         return 0
+    compile_runs = DEVICE.type == "cuda" and not args.no_compile
 
     from pasture.model.config import preset
     from pasture.model.info import flops_per_token, num_params
     from pasture.train.parallel import Layout, ParallelConfig
     from pasture.train.plan import memory_plan
 
-    config = preset("llama3.2-1b")
+    config = preset(args.preset)
     tokens_per_step = args.batch * args.seq
     fpt = flops_per_token(config, args.seq)
     predicted = memory_plan(config, Layout(1, 1, 1, 1, 1), ParallelConfig(), args.seq, args.batch, 1).total / 2**30
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | llama3.2-1b ({num_params(config) / 1e9:.3f} B) "
+    device_name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU"
+    print(f"{device_name} | torch {torch.__version__} | {args.preset} ({num_params(config) / 1e9:.3f} B) "
           f"| batch {args.batch} x {args.seq} | {fpt:.4g} FLOPs/token | pasture plan predicts {predicted:.1f} GiB")
-    print(f"bf16 matmul 8192^3: {matmul_tflops():.0f} TFLOP/s")
+    matmul_size = 8192 if DEVICE.type == "cuda" else 2048
+    matmul = matmul_tflops(matmul_size, 50 if DEVICE.type == "cuda" else 5)
+    print(f"{'bf16' if DEVICE.type == 'cuda' else 'fp32'} matmul {matmul_size}^3: {matmul:.2f} TFLOP/s")
 
-    runs = [("pasture (compile, chunked CE, SDPA)", lambda: pasture_step(config, args.batch, args.seq, False)),
-            ("pasture + document mask (FlexAttention)", lambda: pasture_step(config, args.batch, args.seq, True))]
-    runs += [(f"pasture + float8 {r}", lambda r=r: pasture_step(config, args.batch, args.seq, False, r))
+    label = "compile, chunked CE" if compile_runs else "eager, chunked CE"
+    runs = [(f"pasture ({label}, SDPA)", lambda: pasture_step(config, args.batch, args.seq, False, compile_runs)),
+            ("pasture + document mask", 
+             lambda: pasture_step(config, args.batch, args.seq, True, compile_runs))]
+    runs += [(f"pasture + float8 {r}", lambda r=r: pasture_step(config, args.batch, args.seq, False, compile_runs, r))
              for r in float8_recipes()]
-    runs += [("transformers eager (SDPA)", lambda: hf_step(config, args.batch, args.seq, False)),
-             ("transformers + torch.compile", lambda: hf_step(config, args.batch, args.seq, True))]
+    runs += [("transformers eager (SDPA)", lambda: hf_step(config, args.batch, args.seq, False))]
+    if compile_runs:
+        runs += [("transformers + torch.compile", lambda: hf_step(config, args.batch, args.seq, True))]
     results: dict[str, tuple[float, float]] = {}
     for name, make in runs:
         try:
@@ -166,13 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         except torch.cuda.OutOfMemoryError:
             print(f"{name}: out of memory")
         gc.collect()
-        torch.cuda.empty_cache()
+        if DEVICE.type == "cuda":
+            torch.cuda.empty_cache()
     reference = results.get("transformers eager (SDPA)", (None, None))[0]
-    print(f"\n{'run':<42} {'tokens/s':>10} {'MFU':>6} {'vs HF':>6} {'peak GiB':>9} {'plan':>6}")
+    on_gpu = DEVICE.type == "cuda"
+    print(f"\n{'run':<42} {'tokens/s':>10} {'MFU':>6} {'matmul':>7} {'vs HF':>6} {'peak GiB':>9} {'plan':>6}")
     for name, (tps, peak) in results.items():
         ratio = f"{tps / reference:.2f}x" if reference else "-"
-        plan_ratio = f"{peak / predicted:.2f}" if name.startswith("pasture") else "-"
-        print(f"{name:<42} {tps:>10,.0f} {fpt * tps / PEAK_BF16:>6.1%} {ratio:>6} {peak:>9.1f} {plan_ratio:>6}")
+        plan_ratio = f"{peak / predicted:.2f}" if name.startswith("pasture") and on_gpu else "-"
+        mfu = f"{fpt * tps / PEAK_BF16:.1%}" if on_gpu else "-"  # the 989 TFLOP/s peak is an H100's
+        of_matmul = f"{fpt * tps / (matmul * 1e12):.1%}"  # achieved FLOP/s over the measured matmul's
+        print(f"{name:<42} {tps:>10,.0f} {mfu:>6} {of_matmul:>7} {ratio:>6} {peak:>9.1f} {plan_ratio:>6}")
     return 0
 
 

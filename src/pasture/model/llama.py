@@ -105,6 +105,8 @@ def _flex_attention(q, k, v, block_mask, enable_gqa):
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
         return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+    if torch.is_grad_enabled() and q.requires_grad:
+        raise ValueError("FlexAttention has no backward pass on CPU; train with attention_backend='auto' or 'sdpa'")
     return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
 
 
