@@ -148,6 +148,40 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(token_data, tmp_path, mo
     assert ckpt.latest_valid(tmp_path / "diverge").name == "step_00000006"  # skipped steps leave weights as they were
 
 
+def test_gradient_spike_is_skipped_with_its_reason(token_data, tmp_path, monkeypatch):
+    real = pt.cross_entropy_sum
+    calls = {"n": 0}
+
+    def spiky(hidden, weight, targets, chunk_tokens=8192):
+        calls["n"] += 1
+        loss = real(hidden, weight, targets, chunk_tokens)
+        return loss * 1e4 if calls["n"] == 26 else loss  # a finite loss with an exploding gradient
+
+    monkeypatch.setattr(pt, "cross_entropy_sum", spiky)
+    summary = run_recipe(recipe_args(token_data, tmp_path / "run", "train.steps=28", "checkpoint.every=28",
+                                     "eval.batches=1"))
+    events = read_metrics(tmp_path / "run", "event")
+    assert [(e["step"], e["reason"]) for e in events] == [(26, "grad_norm_spike")]
+    assert summary["skipped_steps"] == 1 and np.isfinite(summary["final_loss"])
+
+
+def test_step_guard_reasons_and_state():
+    from pasture.train.guard import StepGuard
+
+    guard = StepGuard(max_grad_norm=100.0, spike_factor=5.0, window=4, min_history=3)
+    assert guard.reason_to_skip(float("nan"), 1.0) == "non_finite_loss"
+    assert guard.reason_to_skip(1.0, float("inf")) == "non_finite_grad_norm"
+    assert guard.reason_to_skip(1.0, 101.0) == "grad_norm_above_max"
+    assert guard.reason_to_skip(1.0, 50.0) is None  # no history yet: no spike test
+    for norm in (1.0, 2.0, 3.0, 4.0, 5.0):
+        guard.applied(norm)
+    assert guard.history == [2.0, 3.0, 4.0, 5.0]
+    assert guard.reason_to_skip(1.0, 17.4) is None and guard.reason_to_skip(1.0, 17.6) == "grad_norm_spike"
+    restored = StepGuard(spike_factor=5.0, min_history=3)
+    restored.load_state_dict(guard.state_dict())
+    assert restored.reason_to_skip(1.0, 17.6) == "grad_norm_spike"
+
+
 def test_annealing_averages_checkpoints(token_data, tmp_path):
     run = tmp_path / "run"
     summary = run_recipe(recipe_args(token_data, run, "train.steps=12", "train.anneal_steps=4",

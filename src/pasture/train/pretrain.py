@@ -31,6 +31,7 @@ from pasture.model.config import ModelConfig, preset
 from pasture.model.info import flops_per_token, num_params
 from pasture.train import checkpoint as ckpt
 from pasture.train import parallel
+from pasture.train.guard import StepGuard
 from pasture.train.loss import IGNORE_INDEX, cross_entropy_sum
 from pasture.train.metrics import MetricsLog, peak_flops
 from pasture.train.parallel import Layout, ParallelConfig
@@ -80,7 +81,8 @@ class TrainSection:
     document_mask: bool = True
     seed: int = 0
     max_bad_steps: int = 5  # consecutive skipped steps before the run stops
-    max_grad_norm: float = 0.0  # skip a step whose gradient norm exceeds this (0: only non-finite)
+    max_grad_norm: float = 0.0  # skip a step whose gradient norm exceeds this (0: no ceiling)
+    grad_spike_factor: float = 10.0  # skip a step whose gradient norm exceeds this x the recent median (0: off)
     threads: int = 0  # CPU threads (0: torch's default)
 
 
@@ -505,11 +507,13 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
 
     # resume
     step, tokens_seen, skipped_total = 0, 0, 0
+    guard = StepGuard(t.max_grad_norm, t.grad_spike_factor)
     resume_from = _find_resume(recipe, run_dir, log)
     if resume_from is not None:
         state = ckpt.load(resume_from, model, optimizer)
         step, tokens_seen, skipped_total = state["step"], state["tokens_seen"], state["skipped_steps"]
         loader.load_state_dict(state["loader"])
+        guard.load_state_dict(state.get("guard", {}))
         if anneal_loader is not None and state.get("anneal_loader"):
             anneal_loader.load_state_dict(state["anneal_loader"])
         log(f"resumed from {resume_from} at step {step} ({tokens_seen:,} tokens)")
@@ -522,7 +526,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
 
     def save(at_step: int) -> None:
         train_state = {"step": at_step, "tokens_seen": tokens_seen, "skipped_steps": skipped_total,
-                       "loader": loader.state_dict(),
+                       "loader": loader.state_dict(), "guard": guard.state_dict(),
                        "anneal_loader": anneal_loader.state_dict() if anneal_loader is not None else None}
         saver.save(run_dir, at_step, model, optimizer, train_state, config, raw_recipe,
                    keep_last=recipe.checkpoint.keep_last)
@@ -612,15 +616,16 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
             loss_sum = forward_backward(batches, per_run, n_targets)
             loss = (_all_reduce_sum(loss_sum, par.dp_cp_group, par.pp_group) / n_targets).item()
             grad_norm = parallel.clip_gradients(params, o.grad_clip or float("inf"), par.pp_group)
-            bad = not math.isfinite(loss) or not math.isfinite(grad_norm) or (
-                t.max_grad_norm > 0 and grad_norm > t.max_grad_norm)
-            if bad:
+            skip_reason = guard.reason_to_skip(loss, grad_norm)
+            if skip_reason:
                 skipped_total += 1
                 consecutive_bad += 1
-                metrics.log("event", step + 1, event="skipped_step", loss=loss if math.isfinite(loss) else None,
+                metrics.log("event", step + 1, event="skipped_step", reason=skip_reason,
+                            loss=loss if math.isfinite(loss) else None,
                             grad_norm=grad_norm if math.isfinite(grad_norm) else None, skipped_steps=skipped_total)
             else:
                 optimizer.step()
+                guard.applied(grad_norm)
                 consecutive_bad = 0
                 last_loss = loss
             optimizer.zero_grad(set_to_none=True)
