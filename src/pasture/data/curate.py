@@ -2,8 +2,8 @@
 
 Phases, each a set of tasks run by the engine (local processes or Ray):
 
-1. ingest (per input file): read, extract HTML, normalise URLs; write the documents,
-   their URL keys and their MinHash band keys.
+1. ingest (per input file): read, extract HTML, normalise URLs, identify the language when
+   de-duplication is per language; write the documents, their URL keys and MinHash band keys.
 2. url_dedup (per URL-hash range): keep the most recent crawl of each URL.
 3. minhash_buckets (per band x hash range): documents sharing a band key -> pairs.
 4. minhash_cluster (rounds of per-partition tasks, then per shard): connected components
@@ -92,9 +92,24 @@ def _work(config: CurateConfig) -> Path:
 # ---------------------------------------------------------------- 1. ingest
 
 
+def _tags_languages(config: CurateConfig) -> bool:
+    return config.minhash.per_language or config.line_dedup.per_language
+
+
+def _band_keys(hasher: Any, texts: list[str], languages: list[str] | None) -> np.ndarray:
+    """Band keys of a batch; in each document's language key space when MinHash is per language."""
+    from pasture.data.minhash import in_language, stable_hash
+
+    keys = hasher.band_keys(texts)
+    if languages is None:
+        return keys
+    return in_language(keys, np.array([stable_hash(x) for x in languages], dtype=np.uint64)[:, None])
+
+
 def ingest_shard(task: dict[str, Any]) -> dict[str, Any]:
     """Read one input file; write its documents, URL keys and MinHash band keys."""
     from pasture.data.extract import Extractor, decode_html
+    from pasture.data.filters.language import identify_language
     from pasture.data.minhash import MinHasher, stable_hash
     from pasture.data.sources import RawDocument, read_source
     from pasture.data.urls import document_time, normalize_url, url_key
@@ -108,6 +123,10 @@ def ingest_shard(task: dict[str, Any]) -> dict[str, Any]:
                           config.extract.alt_texts, config.extract.strip_markdown)
     hasher = MinHasher(config.minhash.ngram, config.minhash.bands, config.minhash.rows, config.minhash.seed)
     url_hashes, url_times, url_positions, band_keys, pending_texts = [], [], [], [], []
+    tag_languages = _tags_languages(config)
+    language_model = config.filters.get("language", {}).get("model")  # the [language] stage's model, if it names one
+    pending_languages: list[str] | None = [] if config.minhash.per_language else None
+    languages: dict[str, int] = {}
     writer = DocumentWriter(work / "ingest" / f"{shard_name(shard)}.jsonl.zst")
     started = time.perf_counter()
     extract_seconds = 0.0
@@ -152,14 +171,21 @@ def ingest_shard(task: dict[str, Any]) -> dict[str, Any]:
                 url_hashes.append(stable_hash(url_key(doc.url)))
                 url_times.append(document_time(doc.meta))
                 url_positions.append(position)
+            if tag_languages:
+                language, score = identify_language(doc.text, language_model)
+                doc.meta["language"], doc.meta["language_score"] = language, round(score, 4)
+                languages[language] = languages.get(language, 0) + 1
             writer.write(doc)
             if config.minhash.enabled:
                 pending_texts.append(doc.text)
+                if pending_languages is not None:
+                    pending_languages.append(doc.meta["language"])
                 if len(pending_texts) >= config.minhash.batch_docs:
-                    band_keys.append(hasher.band_keys(pending_texts))
+                    band_keys.append(_band_keys(hasher, pending_texts, pending_languages))
                     pending_texts = []
+                    pending_languages = [] if pending_languages is not None else None
         if pending_texts:
-            band_keys.append(hasher.band_keys(pending_texts))
+            band_keys.append(_band_keys(hasher, pending_texts, pending_languages))
         writer.close()
         rejects.close()
     except BaseException:
@@ -174,7 +200,7 @@ def ingest_shard(task: dict[str, Any]) -> dict[str, Any]:
         _save_npy(work / "minhash" / "sig" / f"{shard_name(shard)}.npy", keys)
     stats.add("extract", "seconds", extract_seconds)
     stats.add("read", "seconds", time.perf_counter() - started - extract_seconds)
-    return {"docs": writer.count, "stats": stats.to_dict()}
+    return {"docs": writer.count, "stats": stats.to_dict(), "languages": languages}
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -366,12 +392,21 @@ def _cluster_duplicates(engine: Any, config: CurateConfig, shards: int) -> dict[
 # ---------------------------------------------------------------- 5. line dedup
 
 
-def line_hashes(lines: list[str]) -> np.ndarray:
-    """Stable hashes of stripped lines; 0 for blank lines, which are never counted or removed."""
-    from pasture.data.minhash import stable_hash
+def line_hashes(lines: list[str], language: str | None = None) -> np.ndarray:
+    """Stable hashes of stripped lines; 0 for blank lines, which are never counted or removed.
 
-    return np.fromiter((stable_hash(s) if (s := line.strip()) else 0 for line in lines), dtype=np.uint64,
-                       count=len(lines))
+    With a `language`, the hashes are that language's own: the same line in two languages
+    is counted (and removed) separately.
+    """
+    from pasture.data.minhash import in_language, stable_hash
+
+    hashes = np.fromiter((stable_hash(s) if (s := line.strip()) else 0 for line in lines), dtype=np.uint64,
+                         count=len(lines))
+    return hashes if language is None else in_language(hashes, stable_hash(language))
+
+
+def _line_language(config: CurateConfig, doc: Document) -> str | None:
+    return doc.meta["language"] if config.line_dedup.per_language else None
 
 
 def _surviving_docs(config: CurateConfig, shard: int,
@@ -397,7 +432,7 @@ def line_count_shard(task: dict[str, Any]) -> dict[str, Any]:
     for _, doc, removed_by, _ in _surviving_docs(config, shard, _load_removals(config, shard)):
         if removed_by:
             continue
-        h = line_hashes(doc.text.split("\n"))
+        h = line_hashes(doc.text.split("\n"), _line_language(config, doc))
         per_bucket.setdefault(ordinal // config.line_dedup.bucket_docs, []).append(h[h != 0])
         ordinal += 1
     arrays = {}
@@ -463,9 +498,11 @@ def filter_shard(task: dict[str, Any]) -> dict[str, Any]:
     frequent_by_bucket: dict[int, np.ndarray] = {}
     stage_seconds: dict[str, float] = {}
     dedup_stages = [name for name in DEDUP_REASONS if getattr(config, name).enabled]
+    kept_languages: dict[str, int] = {}
     try:
         for _, doc, removed_by, other in _surviving_docs(config, shard, _load_removals(config, shard)):
             size = _text_bytes(doc.text)
+            language = doc.meta.get("language")  # as identified at ingest; the [language] stage may retag
             for stage in dedup_stages:
                 if stage == removed_by:
                     stats.dropped(stage, DEDUP_REASONS[stage], size)
@@ -482,7 +519,7 @@ def filter_shard(task: dict[str, Any]) -> dict[str, Any]:
                     frequent_by_bucket = {bucket: _frequent_lines(config, bucket)}
                 frequent = frequent_by_bucket[bucket]
                 lines = doc.text.split("\n")
-                h = line_hashes(lines)
+                h = line_hashes(lines, _line_language(config, doc))
                 i = np.minimum(np.searchsorted(frequent, h), max(len(frequent) - 1, 0))
                 drop = (h != 0) & (frequent[i] == h) if len(frequent) else np.zeros(len(h), dtype=bool)
                 if drop.any():
@@ -516,6 +553,8 @@ def filter_shard(task: dict[str, Any]) -> dict[str, Any]:
                 writers.append(DocumentWriter(path))
             writers[-1].write(doc)
             stats.passed("output", size)
+            if _tags_languages(config):
+                kept_languages[language] = kept_languages.get(language, 0) + 1
         for w in writers:
             w.close()
         rejects.close()
@@ -526,7 +565,7 @@ def filter_shard(task: dict[str, Any]) -> dict[str, Any]:
         raise
     for name, seconds in stage_seconds.items():
         stats.add(name, "seconds", seconds)
-    return {"stats": stats.to_dict(), "files": [str(w.path) for w in writers]}
+    return {"stats": stats.to_dict(), "files": [str(w.path) for w in writers], "languages": kept_languages}
 
 
 # ---------------------------------------------------------------- driver
@@ -574,6 +613,16 @@ def _prepare_output(config: CurateConfig, resolved: dict[str, Any]) -> None:
 
 def _resolved(config: CurateConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def _language_counts(ingested: list[dict[str, int]], kept: list[dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Documents per language as identified at ingest, and how many of them were kept; most frequent first."""
+    totals: dict[str, dict[str, int]] = {}
+    for column, parts in (("docs", ingested), ("kept", kept)):
+        for part in parts:
+            for language, count in part.items():
+                totals.setdefault(language, {"docs": 0, "kept": 0})[column] += count
+    return dict(sorted(totals.items(), key=lambda kv: (-kv[1]["docs"], kv[0])))
 
 
 def run_curation(recipe: dict[str, Any] | CurateConfig, registry: dict[str, type] | None = None) -> dict[str, Any]:
@@ -658,6 +707,9 @@ def run_curation(recipe: dict[str, Any] | CurateConfig, registry: dict[str, type
     output_files = [f for k in sorted(filtered) for f in filtered[k]["files"]]
     extra: dict[str, Any] = {"input_files": n, "output_files": len(output_files), "engine": config.engine.kind,
                              "workers": getattr(engine, "workers", config.engine.workers)}
+    if _tags_languages(config):
+        extra["languages"] = _language_counts([ingested[k]["languages"] for k in ingested],
+                                              [filtered[k]["languages"] for k in filtered])
     if config.mix is not None:
         t0 = time.perf_counter()
         try:

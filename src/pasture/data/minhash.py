@@ -61,6 +61,14 @@ def mix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
+def in_language(keys: np.ndarray, language: np.ndarray | int) -> np.ndarray:
+    """Hash keys moved into their language's own key space (`language`: `stable_hash` of its code,
+    broadcast against `keys`), so equal keys of two languages no longer meet; 0 ("nothing") stays 0."""
+    moved = mix64(keys ^ np.asarray(language, dtype=np.uint64))
+    moved[moved == 0] = 1
+    return np.where(keys == 0, np.uint64(0), moved)
+
+
 def words(text: str) -> list[str]:
     """The normalised words shingles are made of."""
     return text.lower().translate(_WORD_TABLE).split()

@@ -63,6 +63,7 @@ class MinhashConfig:
     hash_ranges: int = 1  # tasks per band: each buckets one slice of the band-key space
     batch_docs: int = 512
     cluster_partitions: int = 16  # clustering tasks per round: each holds 1/N of the duplicate graph
+    per_language: bool = False  # near-duplicates only within one language (fastText language ID at ingest)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class LineDedupConfig:
     bucket_docs: int = 30_000_000
     max_count: int = 6  # a line seen more often than this within a bucket is removed
     hash_ranges: int = 1
+    per_language: bool = False  # count a line separately in each language (fastText language ID at ingest)
 
 
 @dataclass
