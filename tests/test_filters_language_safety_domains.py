@@ -49,6 +49,15 @@ def test_allowed_languages_and_score_threshold():
         LanguageFilter(model="/nonexistent/lid.bin")
 
 
+def test_language_tag_from_ingest_is_reused_not_recomputed():
+    doc = Document("x", "Ceci est un texte en français, assez long pour être reconnu sans hésitation.",
+                   meta={"language": "fr", "language_score": 0.97})
+    assert LanguageFilter(allowed=["en"]).process(doc) == "language"
+    assert doc.meta == {"language": "fr", "language_score": 0.97}
+    untagged = Document("y", doc.text)
+    assert LanguageFilter().process(untagged) is None and untagged.meta["language"] == "fr"
+
+
 def test_pii_masking_exact_output():
     text = (
         "Write to jane.doe+news@mail.example.co.uk or call +1 (555) 123-4567 or 020 7946 0958.\n"

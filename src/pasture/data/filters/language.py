@@ -72,9 +72,11 @@ class LanguageFilter:
         load_fasttext_model(self.model_path or str(bundled_model_path()))  # fail now on a bad path
 
     def process(self, doc: Document) -> str | None:
-        language, score = identify_language(doc.text, self.model_path)
-        doc.meta["language"] = language
-        doc.meta["language_score"] = round(score, 4)
+        language, score = doc.meta.get("language"), doc.meta.get("language_score")
+        if language is None or score is None:  # not tagged at ingest (per-language dedup) or by the source
+            language, score = identify_language(doc.text, self.model_path)
+            doc.meta["language"] = language
+            doc.meta["language_score"] = round(score, 4)
         if self.allowed and language not in self.allowed:
             return "language"
         if score < self.min_score:
