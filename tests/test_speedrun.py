@@ -40,6 +40,7 @@ def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "held-out bits/byte" in out and "unigram" in out
+    assert "input files given with --source" in (tmp_path / "runs" / "t" / "report.md").read_text()
     run = tmp_path / "runs" / "t"
     summary = json.loads((run / "speedrun.json").read_text())
     assert summary["pretrain"]["steps"] == 6 and summary["pretrain"]["tokens"] == 6 * 4 * 64

@@ -104,9 +104,9 @@ def gather_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     if cfg.sources:
         from pasture.data.sources import input_files
 
-        input_files(cfg.sources)  # missing or unreadable sources fail here, before any later stage
-        return {"documents_path": None, "inputs": list(cfg.sources), "roots": {}, "documents": None,
-                "bytes": None, "max_bytes": None, "note": "user-given sources, read by the curation stage"}
+        files = input_files(cfg.sources)  # missing or unreadable sources fail here, before any later stage
+        return {"inputs": list(cfg.sources), "files": [{"path": str(f), "bytes": f.stat().st_size} for f in files],
+                "bytes": sum(f.stat().st_size for f in files)}
     roots = default_roots()
     if not roots:
         raise PastureError("found no text on this machine to train on; pass --source FILES")
@@ -283,7 +283,7 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
         "total_seconds": sum(s.get("seconds", 0) for s in (gathered, curated, tok, tokens, trained, evaluation, samples)),
         "config": {k: v for k, v in vars(cfg).items()},
         "environment": environment(),
-        "gather": gathered if gathered.get("roots") else None,
+        "gather": gathered,
         "curation": _curation_summary(curated),
         "tokenizer": _tokenizer_summary(tok),
         "tokenize": tokens,

@@ -112,8 +112,12 @@ def build_markdown(summary: dict[str, Any], plots: list[Path], run_dir: Path) ->
 
     parts += ["## Environment", "", _table([(k, v) for k, v in summary.get("environment", {}).items()], ("", "")), ""]
 
-    gather = summary.get("gather")
-    if gather:
+    gather = summary.get("gather") or {}
+    if gather.get("files"):
+        parts += ["## Data: sources read", "",
+                  f"{len(gather['files'])} input files given with --source, {_fmt(gather['bytes'])} bytes on disk.", "",
+                  _table([(f["path"], _fmt(f["bytes"])) for f in gather["files"]], ("file", "bytes")), ""]
+    if gather.get("roots"):
         parts += ["## Data: sources read", "",
                   f"{_fmt(gather['documents'])} documents, {_fmt(gather['bytes'])} bytes "
                   f"(budget {_fmt(gather['max_bytes'])}, seed {gather.get('seed', 0)}).", ""]
