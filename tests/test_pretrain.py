@@ -54,6 +54,10 @@ def test_loss_falls_and_validation_reports_bits_per_byte(token_data, tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [20, 40]
     lrs = [r["lr"] for r in read_metrics(tmp_path / "run", "train")]
     assert lrs[-1] < lrs[-5] < lrs[-6]  # annealing takes the rate towards 0
+    assert main(["report", str(tmp_path / "run")]) == 0  # a report card for a plain pre-training run
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| steps | 40 |" in report and "val_bpb" in report and (tmp_path / "run" / "plots" / "loss.png").exists()
+    assert main(["report", str(tmp_path)]) == 2
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(token_data, tmp_path):

@@ -33,8 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_speedrun)
 
-    r = sub.add_parser("report", help="rebuild the report card of a speedrun folder",
-                       description="Rewrite report.md and report.html from a run folder's speedrun.json and metrics.")
+    r = sub.add_parser("report", help="write the report card of a speedrun or pre-training run folder",
+                       description="Write report.md and a self-contained report.html (loss, learning rate and "
+                       "throughput plots, final metrics) from a speedrun folder's speedrun.json or a "
+                       "pre-training run folder's metrics.jsonl.")
     r.add_argument("run_dir")
     r.set_defaults(func=_report)
 
@@ -57,11 +59,8 @@ def _speedrun(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pasture.errors import PastureError
     from pasture.report.card import rebuild
 
-    if not (Path(args.run_dir) / "speedrun.json").exists():
-        raise PastureError(f"{args.run_dir} has no speedrun.json; is it a finished speedrun folder?")
     md, html = rebuild(Path(args.run_dir))
     print(f"wrote {md} and {html}")
     return 0

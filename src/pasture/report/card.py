@@ -217,9 +217,11 @@ def _inline(text: str) -> str:
     return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def write_report(run_dir: Path, summary: dict[str, Any]) -> tuple[Path, Path]:
+def write_report(run_dir: Path, summary: dict[str, Any], train_dir: Path | None = None) -> tuple[Path, Path]:
+    """Write report.md and report.html into `run_dir`; plots come from `train_dir`'s metrics
+    (default: the speedrun layout's `run_dir/train`)."""
     run_dir = Path(run_dir)
-    plots = plot_training(run_dir / "train", run_dir / "plots")
+    plots = plot_training(train_dir or run_dir / "train", run_dir / "plots")
     markdown = build_markdown(summary, plots, run_dir)
     md_path = run_dir / "report.md"
     md_path.write_text(markdown)
@@ -228,7 +230,38 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> tuple[Path, Path]:
     return md_path, html_path
 
 
+def pretrain_summary(run_dir: Path) -> dict[str, Any]:
+    """A report summary of a plain `pasture pretrain` run folder, from its metrics and recipe."""
+    import numpy as np
+
+    train = read_metrics(run_dir, "train")
+    val = read_metrics(run_dir, "val")
+    skipped = read_metrics(run_dir, "event")
+    recipe = json.loads((run_dir / "recipe.json").read_text()) if (run_dir / "recipe.json").exists() else {}
+    mfus = [r["mfu"] for r in train if r.get("mfu") is not None]
+    return {
+        "name": run_dir.name,
+        "environment": environment(),
+        "pretrain": {
+            "recipe": recipe.get("name"), "steps": train[-1]["step"] if train else 0,
+            "tokens": train[-1]["tokens_seen"] if train else 0,
+            "final train loss": train[-1]["loss"] if train else None,
+            "tokens_per_s (mean)": round(float(np.mean([r["tokens_per_s"] for r in train])), 1) if train else None,
+            "MFU": round(float(np.mean(mfus)), 4) if mfus else "n/a (CPU or unknown GPU)",
+            "skipped steps": len(skipped),
+        },
+        "evaluation": {k: v for k, v in val[-1].items() if k not in ("kind",)} if val else None,
+    }
+
+
 def rebuild(run_dir: Path) -> tuple[Path, Path]:
-    """Rebuild the report from a finished run's speedrun.json."""
-    summary = json.loads((Path(run_dir) / "speedrun.json").read_text())
-    return write_report(Path(run_dir), summary)
+    """Rebuild the report of a speedrun folder (from speedrun.json) or of a pre-training run
+    folder (from metrics.jsonl)."""
+    from pasture.errors import PastureError
+
+    run_dir = Path(run_dir)
+    if (run_dir / "speedrun.json").exists():
+        return write_report(run_dir, json.loads((run_dir / "speedrun.json").read_text()))
+    if (run_dir / "metrics.jsonl").exists():
+        return write_report(run_dir, pretrain_summary(run_dir), train_dir=run_dir)
+    raise PastureError(f"{run_dir} holds neither speedrun.json nor metrics.jsonl: not a run folder")
