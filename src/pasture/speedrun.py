@@ -236,7 +236,7 @@ def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     model, _ = load(cfg.run_dir / "train", device=device)
     model.eval()
     tokenizer = Tokenizer.load(cfg.run_dir / "tokenizer" / "tokenizer.model")
-    params = SamplingParams(max_tokens=48, temperature=0.8, top_p=0.9, seed=cfg.seed)
+    params = SamplingParams(max_tokens=48, temperature=0.6, top_p=0.9, seed=cfg.seed)  # Meta's defaults
     samples = []
     for prompt in cfg.prompts:
         ids = generate(model, tokenizer.encode(prompt, bos=True), params, set(tokenizer.stop_tokens))
