@@ -198,3 +198,12 @@ def test_two_ranks_with_a_bad_layout_exit_with_the_message(token_data, tmp_path)
     assert done.returncode != 0
     assert "needs untied embeddings" in done.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("layout", [["parallel.dp_replicate=2", "parallel.dp_shard=2"],
+                                    ["parallel.dp_shard=2", "parallel.tp=2"]], ids=["hsdp-2x2", "fsdp2-x-tp2"])
+def test_two_dimensional_layouts_on_four_ranks_match_one_process(token_data, tmp_path, layout):
+    init = initial_weights(tmp_path / "init", tied=False)
+    one_process(recipe_args(token_data, tmp_path / "one", init, *UNTIED))
+    run_distributed(4, recipe_args(token_data, tmp_path / "nd", init, *UNTIED, *layout))
+    assert_same_losses(losses(tmp_path / "nd"), losses(tmp_path / "one"))
