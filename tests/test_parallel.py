@@ -207,3 +207,11 @@ def test_two_dimensional_layouts_on_four_ranks_match_one_process(token_data, tmp
     one_process(recipe_args(token_data, tmp_path / "one", init, *UNTIED))
     run_distributed(4, recipe_args(token_data, tmp_path / "nd", init, *UNTIED, *layout))
     assert_same_losses(losses(tmp_path / "nd"), losses(tmp_path / "one"))
+
+
+def test_pipeline_with_fsdp_on_four_ranks_matches_one_process(token_data, tmp_path):
+    init = initial_weights(tmp_path / "init", tied=False)
+    one_process(recipe_args(token_data, tmp_path / "one", init, *UNTIED, "train.micro_batch_size=1"))
+    run_distributed(4, recipe_args(token_data, tmp_path / "ppdp", init, *UNTIED, "parallel.pp=2", "parallel.dp_shard=2",
+                                   "train.micro_batch_size=1"))
+    assert_same_losses(losses(tmp_path / "ppdp"), losses(tmp_path / "one"))
