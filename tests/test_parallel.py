@@ -122,6 +122,58 @@ def test_pipeline_two_ranks_matches_one_process(token_data, tmp_path, schedule):
                                [r["val_loss"] for r in read_metrics(tmp_path / "one", "val")], rtol=TOLERANCE)
 
 
+@pytest.mark.parametrize("document_mask", [True, False])
+def test_context_parallel_two_ranks_matches_one_process(token_data, tmp_path, document_mask):
+    init = initial_weights(tmp_path / "init", tied=True)
+    extra = ["eval.every=2", f"train.document_mask={str(document_mask).lower()}"]
+    one_process(recipe_args(token_data, tmp_path / "one", init, *extra))
+    run_distributed(2, recipe_args(token_data, tmp_path / "cp", init, *extra, "parallel.cp=2", "parallel.dp_shard=1"))
+    assert_same_losses(losses(tmp_path / "cp"), losses(tmp_path / "one"))
+    np.testing.assert_allclose([r["val_loss"] for r in read_metrics(tmp_path / "cp", "val")],
+                               [r["val_loss"] for r in read_metrics(tmp_path / "one", "val")], rtol=TOLERANCE)
+
+
+def test_context_parallel_chunks_cover_the_sequence_and_mask_like_the_whole():
+    """Each rank's queries see exactly the keys the whole sequence's mask gives them."""
+    import torch
+
+    from pasture.model.llama import build_attention_mask
+
+    docs = torch.tensor([[0] * 5 + [1] * 9 + [2] * 2, [3] * 16])
+    whole = build_attention_mask(docs, 16, "sdpa", torch.device("cpu")).dense
+    cp = par.ContextParallel(group=None, size=4, rank=0, attention_backend="sdpa")
+    held = [cp.token_indices(16, r, torch.device("cpu")).tolist() for r in range(4)]
+    assert held[0] == [0, 1, 14, 15] and held[3] == [6, 7, 8, 9]
+    assert sorted(i for h in held for i in h) == list(range(16))
+    for rank in range(4):
+        mine = torch.tensor(held[rank])
+        part = build_attention_mask(docs, 16, "sdpa", torch.device("cpu"), query_positions=mine).dense
+        assert torch.equal(part, whole[:, :, mine])
+    # load balance: every rank's queries have the same number of causal keys
+    assert len({sum(i + 1 for i in h) for h in held}) == 1
+
+
+def test_context_parallel_flex_mask_attends_like_the_whole_sequence():
+    """The FlexAttention block mask (the GPU path) for one rank's queries gives the rows
+    of whole-sequence attention at those positions."""
+    import torch
+    import torch.nn.functional as F
+
+    from pasture.model.llama import _flex_attention, build_attention_mask
+
+    torch.manual_seed(0)
+    docs = torch.tensor([[0] * 100 + [1] * 156, [2] * 256])
+    q, k, v = (torch.randn(2, 4, 256, 16) for _ in range(3))
+    whole = build_attention_mask(docs, 256, "sdpa", torch.device("cpu")).dense
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=whole)
+    cp = par.ContextParallel(group=None, size=2, rank=1, attention_backend="flex")
+    mine = cp.token_indices(256, 1, torch.device("cpu"))
+    mask = build_attention_mask(docs, 256, "flex", torch.device("cpu"), query_positions=mine)
+    with torch.no_grad():
+        got = _flex_attention(q[:, :, mine], k, v, mask.block_mask, enable_gqa=False)
+    torch.testing.assert_close(got, want[:, :, mine], rtol=1e-5, atol=1e-5)
+
+
 def test_checkpoint_from_two_ranks_resumes_on_one_and_four(token_data, tmp_path):
     init = initial_weights(tmp_path / "init", tied=True)
     one_process(recipe_args(token_data, tmp_path / "straight", init))
@@ -166,8 +218,7 @@ def test_layout_arithmetic_and_coordinates():
     (["parallel.dp_shard=2"], 4, "does not match the world size 4"),
     (["parallel.pp=8", "parallel.dp_shard=1", *UNTIED], 8, "8 pipeline stages"),
     (["parallel.pp=2", "parallel.dp_shard=1"], 2, "needs untied embeddings"),
-    (["parallel.cp=2", "parallel.dp_shard=1"], 2, "set train.document_mask=false"),
-    (["parallel.cp=2", "parallel.dp_shard=1", "train.document_mask=false"], 2, "needs CUDA"),
+    (["parallel.cp=3", "parallel.dp_shard=1"], 3, "sequence length 32 is not divisible by 2*cp = 6"),
     (["parallel.pp=2", "parallel.dp_shard=1", "parallel.pp_microbatches=3", "train.micro_batch_size=1", *UNTIED], 2,
      "4 micro-batches per data-parallel rank are not divisible by parallel.pp_microbatches=3"),
     (["train.micro_batch_size=3"], 2, "not divisible by micro_batch_size=3 x 2 data-parallel ranks"),
@@ -180,8 +231,7 @@ def test_bad_layouts_fail_before_any_work(token_data, tmp_path, overrides, world
     with pytest.raises(par.ParallelConfigError, match=message.replace("*", r"\*")):
         layout = par.resolve_layout(recipe.parallel, world)
         seq_lens = pt._batch_checks(recipe, layout)
-        par.validate(recipe.parallel, layout, config, seq_lens=seq_lens, document_mask=recipe.train.document_mask,
-                     device_type="cpu")
+        par.validate(recipe.parallel, layout, config, seq_lens=seq_lens)
 
 
 def test_mismatched_layout_stops_the_cli_before_training(token_data, tmp_path, capsys):
@@ -201,7 +251,9 @@ def test_two_ranks_with_a_bad_layout_exit_with_the_message(token_data, tmp_path)
 
 
 @pytest.mark.parametrize("layout", [["parallel.dp_replicate=2", "parallel.dp_shard=2"],
-                                    ["parallel.dp_shard=2", "parallel.tp=2"]], ids=["hsdp-2x2", "fsdp2-x-tp2"])
+                                    ["parallel.dp_shard=2", "parallel.tp=2"],
+                                    ["parallel.dp_shard=1", "parallel.cp=2", "parallel.tp=2"]],
+                         ids=["hsdp-2x2", "fsdp2-x-tp2", "cp2-x-tp2"])
 def test_two_dimensional_layouts_on_four_ranks_match_one_process(token_data, tmp_path, layout):
     init = initial_weights(tmp_path / "init", tied=False)
     one_process(recipe_args(token_data, tmp_path / "one", init, *UNTIED))
@@ -209,9 +261,10 @@ def test_two_dimensional_layouts_on_four_ranks_match_one_process(token_data, tmp
     assert_same_losses(losses(tmp_path / "nd"), losses(tmp_path / "one"))
 
 
-def test_pipeline_with_fsdp_on_four_ranks_matches_one_process(token_data, tmp_path):
+@pytest.mark.parametrize("second", ["parallel.dp_shard=2", "parallel.cp=2"], ids=["pp2-x-fsdp2", "pp2-x-cp2"])
+def test_pipeline_with_a_second_dimension_on_four_ranks_matches_one_process(token_data, tmp_path, second):
     init = initial_weights(tmp_path / "init", tied=False)
     one_process(recipe_args(token_data, tmp_path / "one", init, *UNTIED, "train.micro_batch_size=1"))
-    run_distributed(4, recipe_args(token_data, tmp_path / "ppdp", init, *UNTIED, "parallel.pp=2", "parallel.dp_shard=2",
+    run_distributed(4, recipe_args(token_data, tmp_path / "pp", init, *UNTIED, "parallel.pp=2", second,
                                    "train.micro_batch_size=1"))
-    assert_same_losses(losses(tmp_path / "ppdp"), losses(tmp_path / "one"))
+    assert_same_losses(losses(tmp_path / "pp"), losses(tmp_path / "one"))

@@ -87,3 +87,10 @@ def test_plan_rejects_layouts_that_cannot_run(capsys):
     assert main(["plan", "70b", "parallel.tp=16", "--gpus", "256"]) == 2
     assert "does not divide model.n_kv_heads=8" in capsys.readouterr().err
 
+
+
+def test_long_context_recipe_fits_with_context_parallel(capsys):
+    assert main(["plan", "405b-long", "--gpus", "16384"]) == 0
+    out = capsys.readouterr().out
+    assert "dp_shard 8 x tp 8 x cp 16 x pp 16 = 16384 GPUs" in out
+    assert "sequence length 131,072" in out and "fits on every stage" in out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +92,10 @@ class AttentionMask:
     backend: str  # "causal" | "dense" | "flex"
     dense: torch.Tensor | None = None  # bool [B, 1, Tq, Tk], True where attention is allowed
     block_mask: object | None = None  # FlexAttention BlockMask
+    # When the queries are a slice of a longer sequence (the sequence is split across
+    # devices), this returns that whole sequence's keys and values, in order, from this
+    # slice's; the mask above then spans the whole sequence's keys.
+    gather_keys_values: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 _compiled_flex = None
@@ -116,33 +121,44 @@ def build_attention_mask(
     backend: str,
     device: torch.device,
     cache_len: int = 0,
+    query_positions: torch.Tensor | None = None,
 ) -> AttentionMask:
-    """Causal attention, restricted to one document when `document_ids` is given."""
+    """Causal attention, restricted to one document when `document_ids` is given.
+
+    query_positions: [Tq] indices into the sequence of the queries when they are only part
+        of it (context parallelism); keys then span the whole sequence of `document_ids`
+        (or `seq_len` positions without them).
+    """
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
-    if document_ids is None:
+    if cache_len and (document_ids is not None or query_positions is not None):
+        raise ValueError("a KV cache attends causally over one document; generate one document at a time")
+    if document_ids is None and query_positions is None:
         if cache_len == 0:
             return AttentionMask("causal")
         q_pos = torch.arange(seq_len, device=device)[:, None] + cache_len
         k_pos = torch.arange(cache_len + seq_len, device=device)[None, :]
         return AttentionMask("dense", dense=(k_pos <= q_pos)[None, None])
-    if cache_len:
-        raise ValueError("document_ids cannot be combined with a KV cache; generate one document at a time")
-    use_flex = backend == "flex" or (backend == "auto" and device.type == "cuda")
-    if use_flex:
+    key_len = document_ids.shape[1] if document_ids is not None else seq_len
+    docs = document_ids
+    if backend == "flex" or (backend == "auto" and device.type == "cuda"):
         from torch.nn.attention.flex_attention import create_block_mask
 
-        docs = document_ids
-
         def document_causal(b, h, q_idx, kv_idx):
-            return (q_idx >= kv_idx) & (docs[b, q_idx] == docs[b, kv_idx])
+            q = q_idx if query_positions is None else query_positions[q_idx]
+            allowed = q >= kv_idx
+            return allowed if docs is None else allowed & (docs[b, q] == docs[b, kv_idx])
 
-        B, T = document_ids.shape
-        block_mask = create_block_mask(document_causal, B, None, T, T, device=device)
+        n_queries = key_len if query_positions is None else len(query_positions)
+        batch = None if docs is None else docs.shape[0]
+        block_mask = create_block_mask(document_causal, batch, None, n_queries, key_len, device=device)
         return AttentionMask("flex", block_mask=block_mask)
-    same_doc = document_ids[:, :, None] == document_ids[:, None, :]
-    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
-    return AttentionMask("dense", dense=(same_doc & causal)[:, None])
+    keys = torch.arange(key_len, device=device)
+    queries = keys if query_positions is None else query_positions
+    allowed = (keys[None, :] <= queries[:, None])[None]  # [1, Tq, Tk]
+    if docs is not None:
+        allowed = allowed & (docs[:, queries, None] == docs[:, None, :])
+    return AttentionMask("dense", dense=allowed[:, None])
 
 
 class KVCache(nn.Module):
@@ -185,6 +201,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_id, k, v)
+        if mask.gather_keys_values is not None:
+            k, v = mask.gather_keys_values(k, v)
         gqa = self.n_kv_heads != self.n_heads
         if mask.backend == "flex":
             out = _flex_attention(q, k, v, mask.block_mask, gqa)
@@ -278,6 +296,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         return_hidden: bool = False,
         positions: torch.Tensor | None = None,
+        mask: AttentionMask | None = None,
     ) -> torch.Tensor:
         """Logits for `tokens` [B, T].
 
@@ -288,6 +307,8 @@ class Transformer(nn.Module):
             logits, so a training loss can project to the vocabulary in chunks.
         positions: rotary positions [B, T] when `tokens` is a slice of longer sequences
             (a sequence split across devices); default: from document_ids, else 0..T-1.
+        mask: a prebuilt attention mask, for a slice of longer sequences (with `positions`);
+            default: built from document_ids.
         """
         B, T = tokens.shape
         cache_len = cache.length if cache is not None else 0
@@ -298,7 +319,8 @@ class Transformer(nn.Module):
         elif positions is None:
             positions = (torch.arange(T, device=tokens.device) + cache_len).expand(B, T)
         cos, sin = self.rope_angles(positions)
-        mask = build_attention_mask(document_ids, T, self.attention_backend, tokens.device, cache_len)
+        if mask is None:
+            mask = build_attention_mask(document_ids, T, self.attention_backend, tokens.device, cache_len)
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin, mask, cache)

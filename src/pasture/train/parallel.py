@@ -14,8 +14,9 @@ work starts, builds the device mesh, and then applies, in this order:
 - pipeline parallelism: the layers split into contiguous stages, the first holding the
   embedding and the last the final norm and output projection, driven by a
   `torch.distributed.pipelining` schedule (GPipe, 1F1B, interleaved 1F1B);
-- context parallelism: torch's `context_parallel` shards the sequence of every buffer
-  of a step and runs ring attention inside SDPA.
+- context parallelism: each rank holds two load-balanced chunks of every sequence and
+  all-gathers the keys and values of the whole sequence before attention (Llama 3's
+  method, which keeps the document mask).
 
 Mesh order, outermost to innermost: pp, dp_replicate, dp_shard, cp, tp. Tensor
 parallelism needs the most bandwidth so it is innermost (inside one node), as in
@@ -134,8 +135,7 @@ def resolve_layout(cfg: ParallelConfig, world_size: int) -> Layout:
     return layout
 
 
-def validate(cfg: ParallelConfig, layout: Layout, model: ModelConfig, *, seq_lens: list[int],
-             document_mask: bool, device_type: str) -> None:
+def validate(cfg: ParallelConfig, layout: Layout, model: ModelConfig, *, seq_lens: list[int]) -> None:
     """Every check that does not need a process group, so bad layouts fail before any work."""
     if cfg.pp_schedule not in PP_SCHEDULES:
         raise ParallelConfigError(f"parallel.pp_schedule must be one of {', '.join(PP_SCHEDULES)}, got {cfg.pp_schedule!r}")
@@ -173,19 +173,12 @@ def validate(cfg: ParallelConfig, layout: Layout, model: ModelConfig, *, seq_len
         if cfg.pp_microbatches < 0:
             raise ParallelConfigError(f"parallel.pp_microbatches must be >= 0, got {cfg.pp_microbatches}")
     if layout.cp > 1:
-        if document_mask:
-            raise ParallelConfigError(
-                "parallel.cp > 1 cannot honour the document mask: torch's context-parallel SDPA supports "
-                "only plain causal attention; set train.document_mask=false (or cp=1)")
-        if device_type != "cuda":
-            raise ParallelConfigError(
-                "parallel.cp > 1 needs CUDA: torch's context-parallel ring attention has no CPU kernel; "
-                "run on GPUs or set parallel.cp=1")
         for seq_len in seq_lens:
             if seq_len % (2 * layout.cp):
                 raise ParallelConfigError(
                     f"sequence length {seq_len} is not divisible by 2*cp = {2 * layout.cp} "
-                    "(context parallel splits each sequence into 2*cp load-balanced chunks)")
+                    "(context parallel splits each sequence into 2*cp load-balanced chunks); "
+                    "change train.seq_len or parallel.cp")
 
 
 def check_batch(batch_size: int, micro: int, cfg: ParallelConfig, layout: Layout) -> tuple[int, int]:
@@ -279,6 +272,64 @@ def vocab_parallel_loss_sum(output: nn.Module, hidden: torch.Tensor, targets: to
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+# ---------------------------------------------------------------- context parallel
+
+
+class ContextParallel:
+    """Context parallelism the way Llama 3 did it (§3.3.2): every sequence is cut into
+    2*cp chunks and rank r of the cp group holds chunks r and 2*cp-1-r, so each rank gets
+    as much causal attention work as the others. Before attention, every layer all-gathers
+    the keys and values of the whole sequence and attends with its own queries only.
+
+    All-gather rather than a ring: it supports any mask, the document mask included, and
+    with grouped-query attention the keys and values are small (8 KV heads against 128
+    query heads at 405B). The backward of the all-gather reduce-scatters the key/value
+    gradients back to the ranks that own those tokens.
+    """
+
+    def __init__(self, group, size: int, rank: int, attention_backend: str) -> None:
+        self.group, self.size, self.rank, self.attention_backend = group, size, rank, attention_backend
+
+    def token_indices(self, seq_len: int, rank: int, device: torch.device) -> torch.Tensor:
+        """Positions in the sequence of the tokens `rank` holds: chunks rank and 2*cp-1-rank."""
+        chunk = seq_len // (2 * self.size)
+        first = torch.arange(rank * chunk, (rank + 1) * chunk, device=device)
+        mirror = 2 * self.size - 1 - rank
+        return torch.cat([first, torch.arange(mirror * chunk, (mirror + 1) * chunk, device=device)])
+
+    def shard(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's tokens of a [B, T, ...] tensor."""
+        return x.index_select(1, self.token_indices(x.shape[1], self.rank, x.device))
+
+    def prepare(self, document_ids: torch.Tensor | None, batch: int, seq_len: int, device: torch.device
+                ) -> dict[str, Any]:
+        """The model's keyword arguments for this rank's tokens of whole [B, T] sequences:
+        their rotary positions (restarting per document) and an attention mask over the
+        whole sequence that gathers the keys and values from every rank."""
+        if seq_len % (2 * self.size):
+            raise ParallelConfigError(f"sequence length {seq_len} is not divisible by 2*cp = {2 * self.size}")
+        if document_ids is not None:
+            positions = positions_from_document_ids(document_ids)
+        else:
+            positions = torch.arange(seq_len, device=device).expand(batch, seq_len)
+        mine = self.token_indices(seq_len, self.rank, device)
+        mask = build_attention_mask(document_ids, seq_len, self.attention_backend, device, query_positions=mine)
+        # ranks' slices arrive concatenated in rank order; this puts the tokens back in sequence order
+        arrival = torch.cat([self.token_indices(seq_len, r, device) for r in range(self.size)])
+        mask.gather_keys_values = partial(self._gather, order=torch.argsort(arrival))
+        return {"positions": positions.index_select(1, mine), "mask": mask}
+
+    def _gather(self, k: torch.Tensor, v: torch.Tensor, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, heads, T/cp, hd] of this rank -> of the whole sequence, in order."""
+        from torch.distributed import _functional_collectives as funcol
+
+        # renamed in newer torch; both differentiate through the gather
+        gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
+        both = torch.cat([k, v], dim=1).transpose(0, 2).contiguous()  # gather along dim 0
+        full = gather(both, gather_dim=0, group=self.group).index_select(0, order).transpose(0, 2)
+        return full.split([k.shape[1], v.shape[1]], dim=1)
+
+
 # ---------------------------------------------------------------- activation checkpointing
 
 
@@ -368,14 +419,17 @@ class PipelineStageModule(nn.Module):
     """One pipeline stage of a Transformer: its blocks, plus the embedding on the first stage
     and the final norm and output projection on the last; parameter names as in the model.
 
-    forward(x, document_ids=None, positions=None): x is tokens on the first stage and the
-    hidden state elsewhere; the last stage returns normalised hidden states for the loss.
+    forward(x, document_ids=None): x is tokens on the first stage and the hidden state
+    elsewhere; the last stage returns normalised hidden states for the loss. Under context
+    parallelism x holds this rank's chunks of the sequences and document_ids the whole ones.
     """
 
-    def __init__(self, model: Transformer, layer_ids: range, first: bool, last: bool) -> None:
+    def __init__(self, model: Transformer, layer_ids: range, first: bool, last: bool,
+                 context_parallel: ContextParallel | None = None) -> None:
         super().__init__()
         self.config = model.config
         self.attention_backend = model.attention_backend
+        self.context_parallel = context_parallel
         self.tok_embeddings = model.tok_embeddings if first else None
         self.layers = KeptLayers({str(i): model.layers[i] for i in layer_ids})
         self.norm = model.norm if last else None
@@ -385,14 +439,16 @@ class PipelineStageModule(nn.Module):
     rope_angles = Transformer.rope_angles
     init_rope = Transformer.init_rope
 
-    def forward(self, x: torch.Tensor, document_ids: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, document_ids: torch.Tensor | None = None) -> torch.Tensor:
         B, T = x.shape[:2]
-        if positions is None:
+        if self.context_parallel is not None:
+            prepared = self.context_parallel.prepare(document_ids, B, T * self.context_parallel.size, x.device)
+            positions, mask = prepared["positions"], prepared["mask"]
+        else:
             positions = (positions_from_document_ids(document_ids) if document_ids is not None
                          else torch.arange(T, device=x.device).expand(B, T))
+            mask = build_attention_mask(document_ids, T, self.attention_backend, x.device)
         cos, sin = self.rope_angles(positions)
-        mask = build_attention_mask(document_ids, T, self.attention_backend, x.device)
         h = self.tok_embeddings(x) if self.tok_embeddings is not None else x
         for block in self.layers:
             h = block(h, cos, sin, mask)
@@ -412,7 +468,8 @@ class RankModel(nn.Module):
         self.output = model.output if last else None
 
 
-def split_pipeline(model: Transformer, cfg: ParallelConfig, layout: Layout, pp_rank: int
+def split_pipeline(model: Transformer, cfg: ParallelConfig, layout: Layout, pp_rank: int,
+                   context_parallel: ContextParallel | None = None
                    ) -> tuple[RankModel, list[PipelineStageModule], list[int]]:
     """This rank's share: (all its parameters, its stage modules, their stage indices).
 
@@ -422,7 +479,8 @@ def split_pipeline(model: Transformer, cfg: ParallelConfig, layout: Layout, pp_r
     n_stages = layout.pp * cfg.stages_per_rank
     ranges = stage_layer_ids(model.config.n_layers, n_stages)
     stage_ids = list(range(pp_rank, n_stages, layout.pp))
-    stages = [PipelineStageModule(model, ranges[s], first=s == 0, last=s == n_stages - 1) for s in stage_ids]
+    stages = [PipelineStageModule(model, ranges[s], first=s == 0, last=s == n_stages - 1,
+                                  context_parallel=context_parallel) for s in stage_ids]
     kept = [i for s in stage_ids for i in ranges[s]]
     share = RankModel(model, kept, first=0 in stage_ids, last=n_stages - 1 in stage_ids)
     return share, stages, stage_ids
@@ -437,9 +495,11 @@ class PipelineRunner:
     """
 
     def __init__(self, stages: list[PipelineStageModule], stage_ids: list[int], n_stages: int, pp_group,
-                 device: torch.device, schedule: str, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+                 device: torch.device, schedule: str, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 context_parallel: ContextParallel | None = None):
         self.modules, self.stage_ids, self.n_stages = stages, stage_ids, n_stages
         self.group, self.device, self.schedule_name, self.loss_fn = pp_group, device, schedule, loss_fn
+        self.context_parallel = context_parallel
         self.has_first = 0 in stage_ids
         self.has_last = n_stages - 1 in stage_ids
         self._schedules: dict[tuple, Any] = {}
@@ -461,10 +521,18 @@ class PipelineRunner:
             self._schedules[key] = self._build(n_microbatches)
         return self._schedules[key]
 
+    def _local(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's chunks of the rows under context parallelism (the stages get the
+        whole rows' document ids to build positions and masks)."""
+        if self.context_parallel is None:
+            return inputs, targets
+        return self.context_parallel.shard(inputs), self.context_parallel.shard(targets)
+
     def step(self, inputs: torch.Tensor, targets: torch.Tensor, n_microbatches: int,
              **kwargs: torch.Tensor) -> list[torch.Tensor]:
         """Forward and backward over `n_microbatches` micro-batches of these rows; the loss_fn
         value of each micro-batch on the rank holding the last stage (empty elsewhere)."""
+        inputs, targets = self._local(inputs, targets)
         schedule = self._schedule_for(n_microbatches, tuple(inputs.shape))
         args = (inputs,) if self.has_first else ()
         losses: list[torch.Tensor] = []
@@ -474,6 +542,7 @@ class PipelineRunner:
     @torch.no_grad()
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor, **kwargs: torch.Tensor) -> list[torch.Tensor]:
         """Forward only, one row per micro-batch; loss_fn values as for `step`."""
+        inputs, targets = self._local(inputs, targets)
         schedule = self._schedule_for(inputs.shape[0], tuple(inputs.shape))
         args = (inputs,) if self.has_first else ()
         losses: list[torch.Tensor] = []
@@ -504,12 +573,3 @@ def clip_gradients(parameters: list[nn.Parameter], max_norm: float, pp_group=Non
         norm = squared.sqrt()
     torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
     return norm.item()
-
-
-def context_parallel_step(cp_mesh, buffers: list[torch.Tensor]):
-    """Context manager sharding each [B, T] buffer along the sequence (load-balanced chunks)
-    in place, with SDPA replaced by ring attention inside it."""
-    from torch.distributed.tensor.experimental import context_parallel
-
-    return context_parallel(cp_mesh, buffers=buffers, buffer_seq_dims=[1] * len(buffers),
-                            no_restore_buffers=set(buffers))

@@ -39,7 +39,7 @@ def _plan(args: argparse.Namespace) -> int:
     config = build_model_config(recipe, recipe.model.overrides.get("vocab_size", preset(recipe.model.preset).vocab_size))
     layout = parallel.resolve_layout(cfg, gpus)
     seq_lens = [int(s) for _, s in t.seq_len_stages] if t.seq_len_stages else [t.seq_len]
-    parallel.validate(cfg, layout, config, seq_lens=seq_lens, document_mask=t.document_mask, device_type="cuda")
+    parallel.validate(cfg, layout, config, seq_lens=seq_lens)
     final_tokens = t.batch_ramp[-1][1] if t.batch_ramp else None
     seq_len = seq_lens[-1]
     batch_size = int(final_tokens) // seq_len if final_tokens else t.batch_size

@@ -18,7 +18,8 @@ the most micro-batches in flight):
   (the column-parallel matmuls keep their full-sequence input): (18D + 4K + 8F)/tp + 4D.
   Full checkpointing keeps only each block's input (2D/tp per token) plus one block's
   recompute; per-op selective keeps matmul and attention outputs: (10D + 4K + 4F)/tp + 2D;
-  per-layer selective checkpoints every Nth block fully.
+  per-layer selective checkpoints every Nth block fully. Under context parallelism the
+  attention keeps the gathered keys and values of the whole sequence: 4K becomes 4K x cp.
 - the chunked loss: at most 8,192 tokens of logits at a time, bf16 + fp32 + softmax
   (10 B x vocab per token), all tokens of a micro-batch under TP (vocabulary-parallel).
 
@@ -55,13 +56,15 @@ def stage_params(config: ModelConfig, n_stages: int) -> list[int]:
     return counts
 
 
-def activation_bytes_per_token(config: ModelConfig, tp: int = 1, mode: str = "none") -> float:
+def activation_bytes_per_token(config: ModelConfig, tp: int = 1, mode: str = "none", cp: int = 1) -> float:
     """bf16 activation bytes one block keeps for backward, per token of a rank's micro-batch.
 
     mode: "none" | "full" | "op" (selective per-op). See the module docstring for the terms.
+    cp: context-parallel degree; attention keeps the keys and values of the whole sequence,
+        cp times this rank's tokens.
     """
     dim, ffn = config.dim, config.ffn_hidden_dim
-    kv = config.n_kv_heads * config.head_dim
+    kv = config.n_kv_heads * config.head_dim * cp
     lse = 4 * config.n_heads / tp
     if mode == "full":
         return 2 * dim / tp
@@ -124,8 +127,8 @@ def memory_plan(config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_le
     blocks = rank_blocks[0]
 
     def stack(mode_per_block: list[str]) -> float:
-        kept = sum(activation_bytes_per_token(config, layout.tp, m) for m in mode_per_block)
-        recompute = (activation_bytes_per_token(config, layout.tp, "none")
+        kept = sum(activation_bytes_per_token(config, layout.tp, m, layout.cp) for m in mode_per_block)
+        recompute = (activation_bytes_per_token(config, layout.tp, "none", layout.cp)
                      if any(m != "none" for m in mode_per_block) else 0.0)
         return tokens * (kept * in_flight + recompute)
 

@@ -321,7 +321,8 @@ class _Parallelism:
     dp_group: Any = None  # ranks that see different rows of a batch
     dp_cp_group: Any = None  # ranks whose losses add up to the batch loss
     pp_group: Any = None
-    cp_mesh: Any = None
+    cp_group: Any = None  # ranks that hold different chunks of the same sequences
+    context_parallel: parallel.ContextParallel | None = None
     tp: bool = False
 
     def loss_sum(self, model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -338,11 +339,15 @@ class _Parallelism:
 
         return loss_parallel()
 
-    def sequence_split(self, buffers: list[torch.Tensor]):
-        """Context parallel: shard these [B, T] buffers along the sequence for the block of code."""
-        if self.cp_mesh is None:
-            return contextlib.nullcontext()
-        return parallel.context_parallel_step(self.cp_mesh, buffers)
+    def hidden_states(self, inputs: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states of the model for whole [B, T] rows, and the targets they
+        predict; under context parallelism, for this rank's chunks of the rows only."""
+        if self.context_parallel is None:
+            return self.forward_model(inputs, document_ids, return_hidden=True), targets
+        cp = self.context_parallel
+        extra = cp.prepare(document_ids, *inputs.shape, inputs.device)
+        return self.forward_model(cp.shard(inputs), return_hidden=True, **extra), cp.shard(targets)
 
 
 class _PipelineLoss:
@@ -377,17 +382,20 @@ def _build_parallel(recipe: PretrainRecipe, config: ModelConfig, layout: Layout,
     with torch.device("meta"):
         model = Transformer(config, attention_backend=recipe.model.attention_backend)
     par = _Parallelism(layout, module=model, forward_model=model, tp=layout.tp > 1,
-                       dp_group=mesh["dp"].get_group(), dp_cp_group=mesh["dp_cp"].get_group(),
-                       cp_mesh=mesh["cp"] if layout.cp > 1 else None)
+                       dp_group=mesh["dp"].get_group(), dp_cp_group=mesh["dp_cp"].get_group())
+    if layout.cp > 1:
+        par.cp_group = mesh["cp"].get_group()
+        par.context_parallel = parallel.ContextParallel(par.cp_group, layout.cp, mesh["cp"].get_local_rank(),
+                                                        recipe.model.attention_backend)
     parts = [model]
     if layout.pp > 1:
         pp_rank = mesh["pp"].get_local_rank()
-        par.module, parts, stage_ids = parallel.split_pipeline(model, cfg, layout, pp_rank)
+        par.module, parts, stage_ids = parallel.split_pipeline(model, cfg, layout, pp_rank, par.context_parallel)
         par.forward_model, par.pp_group = None, mesh["pp"].get_group()
         last = parts[-1] if par.module.output is not None else None
         par.pipeline_loss = _PipelineLoss(par, last)
         par.runner = parallel.PipelineRunner(parts, stage_ids, layout.pp * cfg.stages_per_rank, par.pp_group,
-                                             device, cfg.pp_schedule, par.pipeline_loss)
+                                             device, cfg.pp_schedule, par.pipeline_loss, par.context_parallel)
     for part in parts:
         if layout.tp > 1:
             parallel.apply_tensor_parallel(part, mesh["tp"])
@@ -481,8 +489,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
 
     # model and optimizer
     config = build_model_config(recipe, vocab)
-    parallel.validate(recipe.parallel, layout, config, seq_lens=seq_lens, document_mask=t.document_mask,
-                      device_type=device.type)
+    parallel.validate(recipe.parallel, layout, config, seq_lens=seq_lens)
     if world > 1:
         par = _build_parallel(recipe, config, layout, device, autocast_dtype, rank)
     else:
@@ -559,13 +566,10 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
                     losses = par.runner.step(inputs, targets, per_run, **kwargs)
                 loss_sum += par.pipeline_loss.unscaled_sum(losses, device)
                 continue
-            positions = None
-            if par.cp_mesh is not None:
-                positions = torch.arange(inputs.shape[1], device=device).expand_as(inputs).contiguous()
-            with par.sequence_split([inputs, targets, positions] if positions is not None else []), par.loss_context():
+            with par.loss_context():
                 with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                    hidden = par.forward_model(inputs, doc_ids, return_hidden=True, positions=positions)
-                    micro_loss = par.loss_sum(par.forward_model, hidden, targets)
+                    hidden, local_targets = par.hidden_states(inputs, targets, doc_ids)
+                    micro_loss = par.loss_sum(par.forward_model, hidden, local_targets)
                 (micro_loss / n_targets * grad_scale).backward()
             loss_sum += parallel.local_value(micro_loss.detach())
         return loss_sum
@@ -578,22 +582,17 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
         return evaluate(model, val_loader, device, autocast_dtype)
 
     def sharded_batch_loss(inputs, targets, doc_ids) -> torch.Tensor:
-        positions = None
-        if par.cp_mesh is not None:
-            positions = torch.arange(inputs.shape[1], device=device).expand_as(inputs).contiguous()
-        with par.sequence_split([inputs, targets, positions] if positions is not None else []), par.loss_context():
+        with par.loss_context():
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                hidden = par.forward_model(inputs, doc_ids if t.document_mask else None, return_hidden=True,
-                                           positions=positions)
-                total = parallel.local_value(par.loss_sum(par.forward_model, hidden, targets))
-        return _all_reduce_sum(total.float(), par.cp_mesh.get_group() if par.cp_mesh is not None else None)
+                hidden, local_targets = par.hidden_states(inputs, targets, doc_ids)
+                total = parallel.local_value(par.loss_sum(par.forward_model, hidden, local_targets))
+        return _all_reduce_sum(total.float(), par.cp_group)
 
     def pipeline_batch_loss(inputs, targets, doc_ids) -> torch.Tensor:
         par.pipeline_loss.scale = 1.0
-        kwargs = {"document_ids": doc_ids} if t.document_mask else {}
         with par.loss_context():
-            losses = par.runner.evaluate(inputs, targets, **kwargs)
-        return _all_reduce_sum(par.pipeline_loss.unscaled_sum(losses, device), par.pp_group)
+            losses = par.runner.evaluate(inputs, targets, document_ids=doc_ids)
+        return _all_reduce_sum(par.pipeline_loss.unscaled_sum(losses, device), par.pp_group, par.cp_group)
 
     peak = peak_flops(device)
     consecutive_bad = 0
