@@ -261,15 +261,36 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
         block.attention.n_kv_heads //= tp
 
 
-def vocab_parallel_loss_sum(output: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy with logits sharded over the vocabulary (TP): no rank holds full
-    logits. Call it, and the backward through it, inside `loss_parallel()`."""
+def _vocab_parallel_chunk_loss(output: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F
 
     from pasture.train.loss import IGNORE_INDEX
 
     logits = output(hidden).float()
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def vocab_parallel_loss_sum(output: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                            chunk_tokens: int = 8192) -> torch.Tensor:
+    """Summed cross-entropy with logits sharded over the vocabulary (TP): no rank holds full
+    logits. Like the one-device loss, rows go through in chunks of about `chunk_tokens`
+    under activation checkpointing, so no rank keeps a micro-batch's fp32 logits either.
+    Call it, and the backward through it, inside `loss_parallel()`."""
+    from torch.distributed.tensor import DTensor, Replicate
+    from torch.utils.checkpoint import checkpoint
+
+    if isinstance(hidden, DTensor):  # sequence-parallel: gather the sequence once, then slice it
+        hidden = hidden.redistribute(placements=[Replicate()] * hidden.device_mesh.ndim)
+    batch, seq_len = targets.shape
+    step = max(1, chunk_tokens // batch)
+    if seq_len <= step:
+        return _vocab_parallel_chunk_loss(output, hidden, targets)
+    total = None
+    for start in range(0, seq_len, step):
+        chunk = checkpoint(_vocab_parallel_chunk_loss, output, hidden[:, start:start + step],
+                           targets[:, start:start + step], use_reentrant=False)
+        total = chunk if total is None else total + chunk
+    return total
 
 
 # ---------------------------------------------------------------- context parallel

@@ -45,5 +45,6 @@ def _plan(args: argparse.Namespace) -> int:
     batch_size = int(final_tokens) // seq_len if final_tokens else t.batch_size
     micro = t.micro_batch_size or max(1, batch_size // layout.dp)
     _, per_run = parallel.check_batch(batch_size, micro, cfg, layout)
-    print(render(recipe.name or args.recipe, config, layout, cfg, seq_lens, micro, per_run, args.gpu_memory))
+    print(render(recipe.name or args.recipe, config, layout, cfg, seq_lens, micro, per_run, args.gpu_memory,
+                 t.loss_chunk_tokens))
     return 0

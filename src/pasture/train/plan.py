@@ -5,9 +5,11 @@ the most micro-batches in flight):
 
 - weights: fp32 master copy, sharded by FSDP (dp_shard x cp), TP and PP: 4 B/param;
 - gradients: fp32, sharded the same way: 4 B/param; AdamW moments: 8 B/param;
-- gathered bf16 weights for compute: two blocks (one computing, one prefetched) when
-  FSDP reshards after forward, every block of the stage when it does not, plus the
-  embedding and output projection (kept gathered: the loss uses them), divided by TP;
+- bf16 weights for compute: with FSDP, the gathered blocks: two (one computing, one
+  prefetched) when FSDP reshards after forward, every block of the stage when it does
+  not, plus the embedding and output projection (kept gathered: the loss uses them),
+  divided by TP; without FSDP, autocast's bf16 copy of every weight a matmul uses (all
+  but an untied embedding table, which is only looked up), cached for the backward;
 - activations saved for backward, bf16, per token per block (D = dim, F = FFN width,
   K = n_kv_heads x head_dim), read off this model's forward in `model/llama.py`:
     each RMSNorm: its fp32 input copy 4D + normalised bf16 2D + output 2D = 8D (x2 norms)
@@ -20,8 +22,8 @@ the most micro-batches in flight):
   recompute; per-op selective keeps matmul and attention outputs: (10D + 4K + 4F)/tp + 2D;
   per-layer selective checkpoints every Nth block fully. Under context parallelism the
   attention keeps the gathered keys and values of the whole sequence: 4K becomes 4K x cp.
-- the chunked loss: at most 8,192 tokens of logits at a time, bf16 + fp32 + softmax
-  (10 B x vocab per token), all tokens of a micro-batch under TP (vocabulary-parallel).
+- the chunked loss: at most `train.loss_chunk_tokens` (8,192) tokens of logits at a time,
+  bf16 + fp32 + softmax (10 B x vocab per token), divided by TP (vocabulary-parallel).
 
 Tokens per micro-batch and rank: micro_batch_size x seq_len / cp. In flight on the first
 pipeline stage: pp micro-batches for 1F1B, pp(1 + (pp-1)/(pp v)) for interleaved 1F1B with
@@ -107,7 +109,8 @@ class MemoryPlan:
 
 
 def memory_plan(config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_len: int,
-                micro_batch_size: int, n_microbatches: int) -> MemoryPlan:
+                micro_batch_size: int, n_microbatches: int,
+                loss_chunk_tokens: int = LOSS_CHUNK_TOKENS) -> MemoryPlan:
     """Memory of the GPU that needs the most (the first pipeline stage) for this layout."""
     n_stages = layout.pp * cfg.stages_per_rank
     per_stage = stage_params(config, n_stages)
@@ -120,7 +123,11 @@ def memory_plan(config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_le
     weights, gradients, optimizer = 4 * params / shard, 4 * params / shard, 8 * params / shard
     embedding = config.vocab_size * config.dim / layout.tp
     blocks_gathered = 2 if cfg.fsdp_reshard_after_forward else max(rank_blocks)
-    gathered = 2 * (blocks_gathered * block_params(config) / layout.tp + embedding) if shard > 1 else 0.0
+    if shard > 1:
+        gathered = 2 * (blocks_gathered * block_params(config) / layout.tp + embedding)
+    else:  # autocast's bf16 copy of every weight a matmul uses, cached until the step's backward
+        lookup_only = embedding if not config.tie_embeddings and layout.pp == 1 else 0.0
+        gathered = 2 * (params - lookup_only)
 
     tokens = micro_batch_size * seq_len / layout.cp
     in_flight = microbatches_in_flight(cfg, layout, n_microbatches)
@@ -134,7 +141,7 @@ def memory_plan(config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_le
 
     modes = _block_modes(cfg, [i for s in range(0, n_stages, layout.pp) for i in ranges[s]])
     final_norm = 8 * config.dim * tokens / layout.tp if layout.pp == 1 else 0.0
-    logits_tokens = tokens if layout.tp > 1 else min(tokens, LOSS_CHUNK_TOKENS)
+    logits_tokens = min(tokens, loss_chunk_tokens)
     loss = (10 * config.vocab_size / layout.tp) * logits_tokens if layout.pp == 1 else 0.0
     return MemoryPlan(
         params_per_gpu=params / shard, weights=weights, gradients=gradients, optimizer=optimizer,
@@ -154,7 +161,8 @@ def _block_modes(cfg: ParallelConfig, layer_ids: list[int]) -> list[str]:
 
 
 def render(name: str, config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_lens: list[int],
-           micro_batch_size: int, n_microbatches: int, gpu_memory_gib: float) -> str:
+           micro_batch_size: int, n_microbatches: int, gpu_memory_gib: float,
+           loss_chunk_tokens: int = LOSS_CHUNK_TOKENS) -> str:
     """The `pasture plan` report: sizes, FLOPs and memory per GPU for every sequence length."""
     rows = [
         ("recipe", name),
@@ -169,7 +177,7 @@ def render(name: str, config: ModelConfig, layout: Layout, cfg: ParallelConfig, 
     lines = _table(rows)
     fits_all = True
     for seq_len in seq_lens:
-        plan = memory_plan(config, layout, cfg, seq_len, micro_batch_size, n_microbatches)
+        plan = memory_plan(config, layout, cfg, seq_len, micro_batch_size, n_microbatches, loss_chunk_tokens)
         fits = plan.total <= gpu_memory_gib * GIB
         fits_all &= fits
         lines.append("")
@@ -180,7 +188,7 @@ def render(name: str, config: ModelConfig, layout: Layout, cfg: ParallelConfig, 
             ("weights fp32", _gib(plan.weights)),
             ("gradients fp32", _gib(plan.gradients)),
             ("AdamW moments fp32", _gib(plan.optimizer)),
-            ("gathered bf16 weights", _gib(plan.gathered_weights)),
+            ("bf16 weights for compute", _gib(plan.gathered_weights)),
             ("activations (this recipe)", _gib(plan.activations)),
             ("activations, no checkpointing", _gib(plan.activations_none)),
             ("activations, full checkpointing", _gib(plan.activations_full)),

@@ -79,6 +79,7 @@ class TrainSection:
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
     compile: bool = False  # torch.compile each transformer block
     document_mask: bool = True
+    loss_chunk_tokens: int = 8192  # the loss projects this many tokens to the vocabulary at a time
     seed: int = 0
     max_bad_steps: int = 5  # consecutive skipped steps before the run stops
     max_grad_norm: float = 0.0  # skip a step whose gradient norm exceeds this (0: no ceiling)
@@ -324,12 +325,13 @@ class _Parallelism:
     cp_group: Any = None  # ranks that hold different chunks of the same sequences
     context_parallel: parallel.ContextParallel | None = None
     tp: bool = False
+    loss_chunk_tokens: int = 8192
 
     def loss_sum(self, model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of one micro-batch (vocabulary-parallel under TP)."""
         if self.tp:
-            return parallel.vocab_parallel_loss_sum(model.output, hidden, targets)
-        return cross_entropy_sum(hidden, model.output.weight, targets)
+            return parallel.vocab_parallel_loss_sum(model.output, hidden, targets, self.loss_chunk_tokens)
+        return cross_entropy_sum(hidden, model.output.weight, targets, self.loss_chunk_tokens)
 
     def loss_context(self):
         """Where the loss and its backward run: vocabulary-parallel under TP."""
@@ -507,6 +509,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
             for layer in model.layers:
                 layer.compile()
         par = _single_process(model)
+    par.loss_chunk_tokens = t.loss_chunk_tokens
     model = par.module
     model.train()
     optimizer = build_optimizer(model, o)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 
@@ -11,13 +12,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_generate(sub)
 
 
+def shipped_recipes() -> list[str]:
+    """Names of the recipes shipped in pasture/recipes, read without importing torch."""
+    from importlib.resources import files
+
+    def by_size(name: str) -> tuple[float, str]:
+        size = re.match(r"(\d+)([mb])", name)
+        return (int(size[1]) * (1e-3 if size[2] == "m" else 1), name) if size else (0.0, name)
+
+    return sorted((f.name[:-5] for f in files("pasture").joinpath("recipes").iterdir() if f.name.endswith(".toml")),
+                  key=by_size)
+
+
 def _register_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain", help="pre-train a Llama model from a TOML recipe",
-        description="Pre-train from a recipe: a shipped name (tiny, 125m, 1b, 8b) or a TOML path with "
-        "sections [model] [data] [train] [optim] [checkpoint] [eval] [log]. Override any key with "
-        "section.key=value, e.g. `pasture pretrain tiny data.train='[\"tokens\"]' train.steps=500`. "
-        "resume=auto continues from the newest valid checkpoint in log.dir.",
+        description=f"Pre-train from a recipe: a shipped name ({', '.join(shipped_recipes())}) or a TOML "
+        "path with sections [model] [data] [train] [optim] [checkpoint] [eval] [log] [parallel]. Override "
+        "any key with section.key=value, e.g. `pasture pretrain tiny data.train='[\"tokens\"]' "
+        "train.steps=500`; a misspelt key is an error naming the section's keys. resume=auto continues "
+        "from the newest valid checkpoint in log.dir. Under torchrun, [parallel] picks the layout "
+        "(docs/scaling-out.md).",
     )
     p.add_argument("recipe", help="shipped recipe name or path to a TOML recipe")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, values as TOML literals")
