@@ -60,6 +60,16 @@ def test_loss_falls_and_validation_reports_bits_per_byte(token_data, tmp_path):
     assert main(["report", str(tmp_path)]) == 2
 
 
+def test_compiled_blocks_train_like_eager(token_data, tmp_path):
+    """train.compile=true compiles each block with inductor (CPU code here): same losses."""
+    common = ("train.steps=4", "log.every=1", "checkpoint.every=100", "train.threads=2")
+    run_recipe(recipe_args(token_data, tmp_path / "eager", *common))
+    run_recipe(recipe_args(token_data, tmp_path / "compiled", *common, "train.compile=true"))
+    eager, compiled = train_losses(tmp_path / "eager"), train_losses(tmp_path / "compiled")
+    assert [s for s, _ in compiled] == [1, 2, 3, 4]
+    np.testing.assert_allclose([v for _, v in compiled], [v for _, v in eager], rtol=1e-5)
+
+
 def test_resume_after_sigkill_equals_uninterrupted_run(token_data, tmp_path):
     steps = ["train.steps=14", "checkpoint.every=3", "log.every=1", "train.batch_ramp=[[0, 256], [1024, 512]]"]
     run_recipe(recipe_args(token_data, tmp_path / "straight", *steps))
