@@ -198,6 +198,25 @@ def test_checkpoint_from_two_ranks_resumes_on_one_and_four(token_data, tmp_path)
         np.testing.assert_allclose(got[4], want[4], rtol=TOLERANCE)
 
 
+@pytest.mark.parametrize("layout", [["parallel.tp=2", "parallel.dp_shard=1"],
+                                    ["parallel.pp=2", "parallel.dp_shard=1", "train.micro_batch_size=1"],
+                                    ["parallel.cp=2", "parallel.dp_shard=1"]], ids=["tp2", "pp2", "cp2"])
+def test_checkpoint_from_fsdp_resumes_under_another_layout(token_data, tmp_path, layout):
+    """DCP reshards at load: FSDP shards saved on 2 ranks become TP shards, pipeline stages
+    or context-parallel replicas, and the next step's loss is the uninterrupted run's."""
+    init = initial_weights(tmp_path / "init", tied=False)
+    micro = [a for a in layout if a.startswith("train.")]
+    one_process(recipe_args(token_data, tmp_path / "straight", init, *UNTIED, *micro))
+    want = dict(losses(tmp_path / "straight"))
+    run = tmp_path / "run"
+    run_distributed(2, recipe_args(token_data, run, init, *UNTIED, *micro, "checkpoint.every=3"))
+    shutil.rmtree(ckpt.step_dir(run, 4))  # resume from step 3
+    run_distributed(2, recipe_args(token_data, run, init, *UNTIED, *layout, "resume=\"auto\""))
+    got = dict(losses(run))
+    assert sorted(got) == [1, 2, 3, 4]
+    np.testing.assert_allclose(got[4], want[4], rtol=TOLERANCE)
+
+
 def test_layout_arithmetic_and_coordinates():
     layout = par.resolve_layout(par.ParallelConfig(dp_replicate=2, tp=8, pp=16), 16384)
     assert (layout.dp_shard, layout.dp, layout.world_size) == (64, 128, 16384)
