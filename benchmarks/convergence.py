@@ -21,8 +21,9 @@ run folder under `--runs`. Variants:
 Writes to `--out`, after every variant so a run cut short still reports: `losses.png`
 (losses, and each variant's loss minus bf16's), `convergence.md` (final loss, mean |loss -
 bf16 loss| over the last 50 steps, final validation loss, tokens/s as the median over the
-second half of the steps, MFU, peak memory) and `metrics.json` (every variant's records),
-and prints the table. A variant that fails is reported with its error, and the rest run.
+second half of the steps, MFU, peak memory and, on a GPU, `pasture plan`'s prediction) and
+`metrics.json` (every variant's records), and prints the table. A variant that fails is
+reported with its error, and the rest run.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class RunResult:
     wall_s: float
     records: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    planned_gib: float | None = None  # `pasture plan`'s memory for the run (on CUDA only)
 
 
 def short_run_overrides(tokens: Path, run_dir: Path, steps: int, seq: int, batch: int) -> list[str]:
@@ -101,6 +103,26 @@ def run_variant(variant: str, recipe: str, overrides: list[str], run_dir: Path) 
     return RunResult(variant, proc.returncode, wall, read_metrics(run_dir), error)
 
 
+def planned_gib(recipe: str, overrides: list[str], tokens: Path) -> float | None:
+    """`pasture plan`'s memory for this run on one GPU, to hold against the measured peak;
+    None when the recipe does not load (the run then fails and says why)."""
+    from pasture.errors import PastureError
+    from pasture.model.info import GIB
+    from pasture.train.parallel import Layout
+    from pasture.train.plan import memory_plan
+    from pasture.train.pretrain import build_model_config, load_recipe
+    from pasture.train.shards import TokenDataset
+
+    try:
+        parsed, _ = load_recipe(recipe, overrides)
+    except PastureError:
+        return None
+    t = parsed.train
+    config = build_model_config(parsed, TokenDataset(tokens).vocab_size)
+    micro = t.micro_batch_size or t.batch_size
+    return memory_plan(config, Layout(1, 1, 1, 1, 1), parsed.parallel, t.seq_len, micro, t.batch_size // micro).total / GIB
+
+
 def _losses(result: RunResult) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in result.records if r["kind"] == "train"}
 
@@ -117,7 +139,10 @@ def summarize(result: RunResult, baseline: RunResult | None, tail: int = TAIL_ST
     row["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in second_half)
     mfu = [r["mfu"] for r in second_half if r.get("mfu") is not None]
     row["mfu"] = statistics.median(mfu) if mfu else None
-    row["peak_gb"] = max(r.get("memory_gb") or 0.0 for r in train)
+    row["peak_gib"] = max(r.get("memory_gb") or 0.0 for r in train) * 1e9 / 2**30  # pretrain logs 1e9 bytes
+    if result.planned_gib:
+        row["plan_gib"] = result.planned_gib
+        row["peak_over_plan"] = row["peak_gib"] / result.planned_gib
     val = [r for r in result.records if r["kind"] == "val"]
     row["val_loss"] = val[-1]["val_loss"] if val else None
     if baseline is not None and baseline is not result:
@@ -135,7 +160,7 @@ def _cell(value: Any, fmt: str) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     header = ["variant", "steps", "final loss", f"mean abs diff vs {BASELINE}", "val loss", "tokens/s", "MFU",
-              "peak GB", "wall s", "status"]
+              "peak GiB", "plan GiB", "peak/plan", "wall s", "status"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 2) + "---|"]
     for row in rows:
         diff = row.get("mean_abs_diff")
@@ -143,7 +168,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"{diff:.3g} (last {row['tail_steps']})" if diff is not None else "-")
         cells = [row["variant"], str(row["steps"]), _cell(row.get("final_loss"), ".4f"), diff_cell,
                  _cell(row.get("val_loss"), ".4f"), _cell(row.get("tokens_per_s"), ",.0f"),
-                 _cell(row.get("mfu"), ".1%"), _cell(row.get("peak_gb"), ".1f"), f"{row['wall_s']:.0f}",
+                 _cell(row.get("mfu"), ".1%"), _cell(row.get("peak_gib"), ".1f"), _cell(row.get("plan_gib"), ".1f"),
+                 _cell(row.get("peak_over_plan"), ".2f"), f"{row['wall_s']:.0f}",
                  row["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -235,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not variants:
         raise SystemExit("convergence: --variants names none")
+    import torch
+
     per_variant = {v: variant_overrides(v, args.batch) for v in variants}  # unknown names fail before any run
     preset = [f"model.preset={json.dumps(args.preset)}"] if args.preset else []
+    on_gpu = torch.cuda.is_available()  # the plan is of GPU memory; on CPU pretrain logs the RSS
     results: list[RunResult] = []
     for variant in variants:
         run_dir = (args.runs / variant).resolve()
@@ -244,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                      *preset, *per_variant[variant], *args.recipe_overrides]
         print(f"{variant}: pasture pretrain {args.recipe} {' '.join(overrides)}", flush=True)
         result = run_variant(variant, args.recipe, overrides, run_dir)
+        if on_gpu:
+            result.planned_gib = planned_gib(args.recipe, overrides, args.tokens)
         results.append(result)
         print(f"{variant}: exit {result.returncode} after {result.wall_s:.0f} s{f': {result.error}' if result.error else ''}",
               flush=True)

@@ -25,17 +25,17 @@ def test_rows_compare_the_last_steps_with_the_baseline_and_take_the_second_half_
     assert row["mean_abs_diff"] == pytest.approx((0.2 + 0.1) / 2)
     assert row["tail_steps"] == 2 and row["final_loss"] == 2.1 and row["val_loss"] == 2.6
     assert row["tokens_per_s"] == 300  # median of steps 3 and 4: compile and warm-up steps left out
-    assert row["peak_gb"] == 13.0 and row["mfu"] is None
+    assert row["peak_gib"] == pytest.approx(13e9 / 2**30) and row["mfu"] is None and "plan_gib" not in row
     assert "mean_abs_diff" not in convergence.summarize(base, base)
 
 
 def test_table_reports_failed_variants_and_report_round_trips(tmp_path):
-    base = convergence.RunResult("bf16", 0, 60.0, records([5.0, 3.0], [100, 200], 2.9, 0.61))
+    base = convergence.RunResult("bf16", 0, 60.0, records([5.0, 3.0], [100, 200], 2.9, 0.61), planned_gib=10.0)
     failed = convergence.RunResult("float8", 2, 1.5, [], "pasture: error: unknown key train.float8")
     table = convergence.write_report([base, failed], tmp_path, "test")
     lines = table.splitlines()
-    assert lines[2].startswith("| bf16 | 2 | 3.0000 | (baseline) | 2.9000 | 200 | 61.0% | 11.0 | 60 | ok |")
-    assert lines[3] == ("| float8 | 0 | - | - | - | - | - | - | 2 | failed (2): pasture: error: unknown key "
+    assert lines[2].startswith("| bf16 | 2 | 3.0000 | (baseline) | 2.9000 | 200 | 61.0% | 10.2 | 10.0 | 1.02 | 60 | ok |")
+    assert lines[3] == ("| float8 | 0 | - | - | - | - | - | - | - | - | 2 | failed (2): pasture: error: unknown key "
                         "train.float8 |")
     assert (tmp_path / "losses.png").stat().st_size > 0
     assert (tmp_path / "convergence.md").read_text().endswith(table + "\n")
