@@ -1,8 +1,8 @@
 """Convergence check: one model trained on the same real tokens several ways, losses compared.
 
     python benchmarks/convergence.py --tokens .gpu-tokens [--steps 200] [--variants bf16,float8,accum-ac]
-    python benchmarks/convergence.py --tokens .gpu-tokens --preset tiny --steps 8 --seq 128 --batch 4 \\
-        --variants bf16,accum-ac --recipe-overrides train.compile=false    (CPU check of the harness)
+    python benchmarks/convergence.py --preset tiny --steps 6 --seq 64 --batch 4 \\
+        --recipe-overrides train.compile=false --runs /tmp/convergence    (CPU check of the harness)
     python benchmarks/convergence.py --from-json a/metrics.json b/metrics.json --out merged
         (table and plot again from stored metrics, e.g. of two GPU calls)
 
@@ -103,7 +103,7 @@ def run_variant(variant: str, recipe: str, overrides: list[str], run_dir: Path) 
     return RunResult(variant, proc.returncode, wall, read_metrics(run_dir), error)
 
 
-def planned_gib(recipe: str, overrides: list[str], tokens: Path) -> float | None:
+def plan_memory_gib(recipe: str, overrides: list[str], tokens: Path) -> float | None:
     """`pasture plan`'s memory for this run on one GPU, to hold against the measured peak;
     None when the recipe does not load (the run then fails and says why)."""
     from pasture.errors import PastureError
@@ -261,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not variants:
         raise SystemExit("convergence: --variants names none")
-    import torch
-
     per_variant = {v: variant_overrides(v, args.batch) for v in variants}  # unknown names fail before any run
     preset = [f"model.preset={json.dumps(args.preset)}"] if args.preset else []
+    import torch
+
     on_gpu = torch.cuda.is_available()  # the plan is of GPU memory; on CPU pretrain logs the RSS
     results: list[RunResult] = []
     for variant in variants:
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{variant}: pasture pretrain {args.recipe} {' '.join(overrides)}", flush=True)
         result = run_variant(variant, args.recipe, overrides, run_dir)
         if on_gpu:
-            result.planned_gib = planned_gib(args.recipe, overrides, args.tokens)
+            result.planned_gib = plan_memory_gib(args.recipe, overrides, args.tokens)
         results.append(result)
         print(f"{variant}: exit {result.returncode} after {result.wall_s:.0f} s{f': {result.error}' if result.error else ''}",
               flush=True)
