@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, make in runs:
         try:
             results[name] = time_steps(make(), args.steps, args.warmup, tokens_per_step)
+            print(f"{name}: {results[name][0]:,.0f} tokens/s, peak {results[name][1]:.1f} GiB", flush=True)
         except torch.cuda.OutOfMemoryError:
             print(f"{name}: out of memory")
         gc.collect()

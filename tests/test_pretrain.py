@@ -136,6 +136,13 @@ def test_refuses_to_overwrite_a_run_and_rejects_typos(token_data, tmp_path, caps
     assert "no token dataset index" in capsys.readouterr().err
 
 
+def test_checkpoint_final_false_writes_no_checkpoint(token_data, tmp_path):
+    run = tmp_path / "run"
+    run_recipe(recipe_args(token_data, run, "train.steps=3", "checkpoint.every=0", "checkpoint.final=false",
+                                     "log.every=1"))
+    assert ckpt.list_checkpoints(run) == [] and len(train_losses(run)) == 3
+
+
 def test_nan_steps_are_skipped_counted_and_stop_the_run(token_data, tmp_path, monkeypatch):
     real = pt.cross_entropy_sum
     calls = {"n": 0}

@@ -92,6 +92,7 @@ class CheckpointSection:
     every: int = 100
     keep_last: int = 3
     anneal_every: int = 0  # during annealing: keep weights every N steps for averaging (0: off)
+    final: bool = True  # checkpoint the last step (false for throwaway benchmark runs: 1B + AdamW is 15 GB)
 
 
 @dataclass
@@ -657,7 +658,8 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
                 metrics.log("val", step, **validation())
             if recipe.checkpoint.anneal_every and step > anneal_start and (step - anneal_start) % recipe.checkpoint.anneal_every == 0:
                 _save_anneal_weights(run_dir, step, model, config)
-            if step == t.steps or (recipe.checkpoint.every and step % recipe.checkpoint.every == 0) or stop.requested:
+            if ((step == t.steps and recipe.checkpoint.final) or stop.requested
+                    or (recipe.checkpoint.every and step % recipe.checkpoint.every == 0)):
                 save(step)
             if stop.requested:
                 log(f"stopped by signal at step {step}; checkpoint saved, resume with resume=auto")

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The issue's GPU measurements in two device calls, each inside the device's 10-minute limit
+# (benchmarks/README.md, "GPU session runbook", has the exact calls).
+#
+#   bash benchmarks/gpu_session.sh prepare       HERE, on the CPU machine: builds what the device calls
+#                                                carry, .gpu-tokens (Llama 3 tokens) and .whl (torchao)
+#   bash benchmarks/gpu_session.sh throughput    on the GPU: train_throughput.py (bf16, float8, HF eager and
+#                                                compiled, plan vs peak), `pasture plan`, tests/test_gpu.py
+#   bash benchmarks/gpu_session.sh convergence [ARGS]   on the GPU: convergence.py with ARGS
+#                                                (default: variants bf16,float8,accum-ac, 200 steps)
+#
+# Everything goes to $OUT as it is written (the device tool returns it even when a call runs past
+# its limit; runs/gpu-session/PART when OUT is unset), at most 6 files a part (the tool returns 8).
+# Each step runs under `timeout`, so one that hangs leaves time for the next.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+part=${1:-}
+shift $(($# > 0))
+TORCHAO=torchao==0.18.0  # built for torch 2.11, the GPU image's (its __init__ wants >= 2.11.0); no dependencies
+SHAPE=(train.seq_len=2048 'train.seq_len_stages=[]' 'train.batch_ramp=[]' train.batch_size=8 train.micro_batch_size=8)
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+prepare() {
+  [ -f .gpu-tokens/index.json ] || python3 benchmarks/prepare_gpu_tokens.py --quiet || return
+  ls .whl/torchao-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: \
+    --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 -d .whl "$TORCHAO" || return
+  [ "$(git check-ignore .gpu-tokens/index.json .whl/torchao.whl | wc -l)" = 2 ] \
+    || echo "warning: .gpu-tokens or .whl is not ignored by git, so it travels without being carried"
+  du -sh .gpu-tokens .whl
+  echo "the working tree sends $(git ls-files -z -co --exclude-standard | du -cb --files0-from=- | tail -1 | cut -f1)" \
+    "bytes besides the carried folders (the device limit is 64 MiB in all)"
+}
+
+device_setup() {
+  OUT=${OUT:-runs/gpu-session/$part}
+  mkdir -p "$OUT"
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+  fi
+  {
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,utilization.gpu \
+      --format=csv
+    for module in torch triton transformers torchao; do
+      python3 -c "import $module; print('$module', $module.__version__)" 2>&1 | tail -n 1
+    done
+    nproc; free -g | head -2; df -h /tmp | tail -1
+  } 2>&1 | tee "$OUT/env.txt"
+}
+
+throughput() {
+  timeout 30 python3 -m pasture.cli plan 1b "${SHAPE[@]}" --gpus 1 2>&1 | tee "$OUT/plan.txt"
+  timeout 450 python3 benchmarks/train_throughput.py --steps 20 --warmup 5 2>&1 | tee "$OUT/throughput.log"
+  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.log"
+}
+
+convergence() {
+  local runs=/tmp/convergence-runs
+  timeout 560 python3 benchmarks/convergence.py --runs "$runs" --out "$OUT" "$@" 2>&1 | tee "$OUT/convergence.log"
+  for log in "$runs"/*/pretrain.log; do
+    [ -f "$log" ] && { echo "== $log (last lines)"; tail -n 15 "$log"; } >>"$OUT/convergence.log"
+  done
+}
+
+case "$part" in
+  prepare) prepare ;;
+  throughput | convergence) device_setup && "$part" "$@" ;;
+  *) echo "usage: bash benchmarks/gpu_session.sh prepare|throughput|convergence" >&2; exit 2 ;;
+esac
