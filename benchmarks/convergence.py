@@ -139,7 +139,7 @@ def summarize(result: RunResult, baseline: RunResult | None, tail: int = TAIL_ST
     row["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in second_half)
     mfu = [r["mfu"] for r in second_half if r.get("mfu") is not None]
     row["mfu"] = statistics.median(mfu) if mfu else None
-    row["peak_gib"] = max(r.get("memory_gb") or 0.0 for r in train) * 1e9 / 2**30  # pretrain logs 1e9 bytes
+    row["peak_gib"] = max(r.get("memory_gib") or 0.0 for r in train)
     if result.planned_gib:
         row["plan_gib"] = result.planned_gib
         row["peak_over_plan"] = row["peak_gib"] / result.planned_gib

@@ -274,10 +274,12 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _peak_memory_gb(device: torch.device) -> float:
+def _peak_memory_gib(device: torch.device) -> float:
+    """Peak memory in GiB (2**30 bytes, the unit of `pasture plan`): allocated on the GPU,
+    the process's resident set on CPU."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
 
 
 @torch.no_grad()
@@ -651,7 +653,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
                 mfu = (flops_per_token(config, seq_len) * tokens_per_s / (peak * world)) if peak else None
                 metrics.log("train", step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s,
                             mfu=mfu, seq_len=seq_len, batch_size=batch_size, tokens_seen=tokens_seen,
-                            skipped_steps=skipped_total, memory_gb=_peak_memory_gb(device), step_time_s=elapsed)
+                            skipped_steps=skipped_total, memory_gib=_peak_memory_gib(device), step_time_s=elapsed)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
             bar.update(1)
             if val_loader is not None and recipe.eval.every and step % recipe.eval.every == 0 and step < t.steps:
