@@ -7,8 +7,9 @@
 Runs, one after the other in one process, each timed over the same steps of random tokens:
 - pasture: bf16 autocast over fp32 weights, torch.compile per block, chunked cross-entropy,
   SDPA (cuDNN/flash picked by torch) or FlexAttention with a document mask, fused AdamW;
-- pasture + float8 (torchao rowwise and tensorwise linear layers), when torchao is installed
-  and the GPU has float8 (compute capability >= 8.9);
+- pasture + float8 (`train.float8`'s conversion: torchao rowwise and tensorwise linear layers
+  in the blocks), when torchao is installed and the GPU has float8 (compute capability >= 8.9),
+  or on CPU as a check;
 - transformers `LlamaForCausalLM` of the same shape: SDPA, bf16 autocast, fused AdamW,
   eager and torch.compile;
 - a bf16 8192^3 matmul, the practical ceiling of the GPU.
@@ -81,10 +82,9 @@ def pasture_step(config, batch: int, seq: int, document_mask: bool, compile_bloc
     backend = "flex" if document_mask and DEVICE.type == "cuda" else "sdpa"
     model = build(config, device=DEVICE, attention_backend=backend, seed=0)
     if float8:
-        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+        from pasture.train.float8 import apply_float8
 
-        fp8 = Float8LinearConfig.from_recipe_name(float8)
-        convert_to_float8_training(model, config=fp8, module_filter_fn=lambda m, name: name != "output")
+        apply_float8(model, float8)
     if compile_blocks:
         for block in model.layers:
             block.compile()
@@ -136,14 +136,17 @@ def hf_step(config, batch: int, seq: int, compiled: bool):
 
 
 def float8_recipes() -> list[str]:
-    """torchao float8 recipes this machine can run (none without torchao or an sm89+ GPU)."""
+    """torchao float8 recipes this machine can run: none without torchao or on a GPU older
+    than sm89; on CPU (slow float8 matmuls) they run as a check of the harness."""
+    from pasture.train.float8 import FLOAT8_RECIPES
+
     try:
         import torchao.float8  # noqa: F401
     except ImportError:
         return []
-    if DEVICE.type != "cuda" or torch.cuda.get_device_capability() < (8, 9):
+    if DEVICE.type == "cuda" and torch.cuda.get_device_capability() < (8, 9):
         return []
-    return ["rowwise", "tensorwise"]
+    return [r for r in FLOAT8_RECIPES if r != "none"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,9 +80,9 @@ def losses(run_dir):
     return [(r["step"], r["loss"]) for r in read_metrics(run_dir, "train")]
 
 
-def assert_same_losses(got, want):
+def assert_same_losses(got, want, rtol=TOLERANCE):
     assert [s for s, _ in got] == [s for s, _ in want]
-    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=TOLERANCE)
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=rtol)
 
 
 def test_fsdp_on_two_ranks_matches_one_process(token_data, tmp_path):

@@ -355,9 +355,11 @@ class ContextParallel:
 
 
 def _saved_ops() -> set:
-    """Ops whose outputs selective per-op checkpointing keeps: matmuls, attention, TP reduce-scatters."""
+    """Ops whose outputs selective per-op checkpointing keeps: matmuls (float8 ones are `mm` on
+    float8 tensors here), the tensor-wide maxima float8 scales come from (a scalar each, as in
+    torchtitan), attention, TP reduce-scatters."""
     aten = torch.ops.aten
-    names = [(aten, "mm"), (aten, "addmm"), (aten, "bmm"),
+    names = [(aten, "mm"), (aten, "addmm"), (aten, "bmm"), (aten, "max"),
              (aten, "_scaled_dot_product_flash_attention"), (aten, "_scaled_dot_product_efficient_attention"),
              (aten, "_scaled_dot_product_cudnn_attention"), (aten, "_scaled_dot_product_flash_attention_for_cpu"),
              (torch.ops._c10d_functional, "reduce_scatter_tensor")]

@@ -30,7 +30,7 @@ from pasture.errors import PastureError
 from pasture.model.config import ModelConfig, preset
 from pasture.model.info import flops_per_token, num_params
 from pasture.train import checkpoint as ckpt
-from pasture.train import parallel
+from pasture.train import float8, parallel
 from pasture.train.guard import StepGuard
 from pasture.train.loss import IGNORE_INDEX, cross_entropy_sum
 from pasture.train.metrics import MetricsLog, peak_flops
@@ -78,6 +78,7 @@ class TrainSection:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
     compile: bool = False  # torch.compile each transformer block
+    float8: str = "none"  # none | tensorwise | rowwise: torchao float8 matmuls in the blocks (H100+; pasture[float8])
     document_mask: bool = True
     loss_chunk_tokens: int = 8192  # the loss projects this many tokens to the vocabulary at a time
     seed: int = 0
@@ -152,6 +153,11 @@ def parse_recipe(raw: dict[str, Any]) -> PretrainRecipe:
         validate_stages(t.batch_ramp, "train.batch_ramp")
     if t.seq_len_stages:
         validate_stages(t.seq_len_stages, "train.seq_len_stages")
+    float8.check_recipe_name(t.float8)
+    if t.float8 != "none" and recipe.parallel.tp > 1:
+        raise PastureError("train.float8 does not support parallel.tp > 1 yet (torchao's float8 tensor-parallel "
+                           "styles are untested here); use it with FSDP/HSDP or pipeline parallelism, or set "
+                           "train.float8=none")
     recipe.optim.validate(t.steps)
     if not recipe.data.train:
         raise PastureError("data.train is empty: give token dataset folders made by `pasture tokenize`")
@@ -329,6 +335,7 @@ class _Parallelism:
     context_parallel: parallel.ContextParallel | None = None
     tp: bool = False
     loss_chunk_tokens: int = 8192
+    float8_all_gather: bool = False  # FSDP gathers float8 weights, whose scales follow every weight change
 
     def loss_sum(self, model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of one micro-batch (vocabulary-parallel under TP)."""
@@ -386,8 +393,10 @@ def _build_parallel(recipe: PretrainRecipe, config: ModelConfig, layout: Layout,
     mesh = parallel.build_mesh(layout, device.type)
     with torch.device("meta"):
         model = Transformer(config, attention_backend=recipe.model.attention_backend)
+    float8.apply_float8(model, t.float8, fsdp=layout.fsdp)  # before the pipeline split, TP and FSDP
     par = _Parallelism(layout, module=model, forward_model=model, tp=layout.tp > 1,
-                       dp_group=mesh["dp"].get_group(), dp_cp_group=mesh["dp_cp"].get_group())
+                       dp_group=mesh["dp"].get_group(), dp_cp_group=mesh["dp_cp"].get_group(),
+                       float8_all_gather=float8.fsdp_float8_all_gather(t.float8, layout.fsdp))
     if layout.cp > 1:
         par.cp_group = mesh["cp"].get_group()
         par.context_parallel = parallel.ContextParallel(par.cp_group, layout.cp, mesh["cp"].get_local_rank(),
@@ -471,6 +480,10 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
     device = resolve_device(t.device)
     rank, world = init_distributed(device)
     autocast_dtype = _autocast_dtype(recipe, device)
+    if t.float8 != "none":
+        float8.check_available(device)
+        if device.type == "cuda" and not t.compile and rank == 0:
+            log("warning: train.float8 without train.compile=true is slower than bf16 (only compile fuses the casts)")
     if t.threads:
         torch.set_num_threads(t.threads)
     run_dir = Path(recipe.log.dir)
@@ -507,6 +520,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
             if source_config != config:
                 raise PastureError(f"model.init_from={recipe.model.init_from} has a different model config than the recipe")
             model.load_state_dict(source.state_dict())
+        float8.apply_float8(model, t.float8)
         parallel.apply_activation_checkpointing(model, recipe.parallel)
         if t.compile:
             for layer in model.layers:
@@ -532,6 +546,8 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
         log(f"resumed from {resume_from} at step {step} ({tokens_seen:,} tokens)")
     elif rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+    if par.float8_all_gather:  # the scales of the weights we start from, as the uninterrupted run had them
+        float8.precompute_fsdp_scales(model)
     _record_run_files(run_dir, raw_recipe, datasets, rank)
     metrics = MetricsLog(run_dir, resume_step=step if resume_from else None,
                          tensorboard=recipe.log.tensorboard and rank == 0, write=rank == 0)
@@ -630,6 +646,8 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
                             grad_norm=grad_norm if math.isfinite(grad_norm) else None, skipped_steps=skipped_total)
             else:
                 optimizer.step()
+                if par.float8_all_gather:
+                    float8.precompute_fsdp_scales(model)
                 guard.applied(grad_norm)
                 consecutive_bad = 0
                 last_loss = loss
@@ -674,6 +692,8 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
     if step == t.steps:
         if recipe.checkpoint.anneal_every and t.anneal_steps:
             summary["averaged"] = str(_average_anneal_weights(run_dir, model, config, log))
+            if par.float8_all_gather:
+                float8.precompute_fsdp_scales(model)
         if val_loader is not None:
             final_val = validation()
             metrics.log("val", step, **final_val)
