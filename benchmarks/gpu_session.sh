@@ -3,9 +3,9 @@
 # (benchmarks/README.md, "GPU session runbook", has the exact calls).
 #
 #   bash benchmarks/gpu_session.sh prepare       HERE, on the CPU machine: builds what the device calls
-#                                                carry, .gpu-tokens (Llama 3 tokens) and .whl (torchao)
-#   bash benchmarks/gpu_session.sh throughput    on the GPU: train_throughput.py (bf16, float8, HF eager and
-#                                                compiled, plan vs peak), `pasture plan`, tests/test_gpu.py
+#                                                carry, .gpu-tokens (Llama 3 tokens) and .whl (torchao, torchtitan)
+#   bash benchmarks/gpu_session.sh throughput    on the GPU: train_throughput.py (bf16, float8, HF and torchtitan
+#                                                eager and compiled, plan vs peak), `pasture plan`, tests/test_gpu.py
 #   bash benchmarks/gpu_session.sh convergence [ARGS]   on the GPU: convergence.py with ARGS
 #                                                (default: variants bf16,float8,accum-ac, 200 steps)
 #
@@ -17,13 +17,22 @@ cd "$(dirname "$0")/.."
 part=${1:-}
 shift $(($# > 0))
 TORCHAO=torchao==0.18.0  # built for torch 2.11, the GPU image's (its __init__ wants >= 2.11.0); no dependencies
+# torchtitan 0.2.2, the newest that imports with torch 2.11 (0.3.0 needs newer torch: benchmarks/README.md), and
+# the packages its llama3 package imports that the GPU image lacks; all pure Python, 1.7 MB
+TORCHTITAN=(torchtitan==0.2.2 torchdata==0.11.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+            tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.0)
 SHAPE=(train.seq_len=2048 'train.seq_len_stages=[]' 'train.batch_ramp=[]' train.batch_size=8 train.micro_batch_size=8)
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
+wheels() {  # into .whl, built for the GPU image's Python 3.12 on x86-64, without their dependencies
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 -d .whl "$@"
+}
+
 prepare() {
   [ -f .gpu-tokens/index.json ] || python3 benchmarks/prepare_gpu_tokens.py --quiet || return
-  ls .whl/torchao-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: \
-    --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 -d .whl "$TORCHAO" || return
+  ls .whl/torchao-*.whl >/dev/null 2>&1 || wheels "$TORCHAO" || return
+  ls .whl/torchtitan-*.whl >/dev/null 2>&1 || wheels "${TORCHTITAN[@]}" || return
   [ "$(git check-ignore .gpu-tokens/index.json .whl/torchao.whl | wc -l)" = 2 ] \
     || echo "warning: .gpu-tokens or .whl is not ignored by git, so it travels without being carried"
   du -sh .gpu-tokens .whl
@@ -41,7 +50,7 @@ device_setup() {
   {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,utilization.gpu \
       --format=csv
-    for module in torch triton transformers torchao; do
+    for module in torch triton transformers torchao torchtitan; do
       python3 -c "import $module; print('$module', $module.__version__)" 2>&1 | tail -n 1
     done
     nproc; free -g | head -2; df -h /tmp | tail -1

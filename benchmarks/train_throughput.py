@@ -1,4 +1,4 @@
-"""Training throughput of pasture's Llama 3.2 1B on one GPU, next to Hugging Face and a matmul.
+"""Training throughput of pasture's Llama 3.2 1B on one GPU, next to Hugging Face, torchtitan and a matmul.
 
     python benchmarks/train_throughput.py [--steps 20] [--warmup 5] [--batch 8] [--seq 2048]
     python benchmarks/train_throughput.py --device cpu --preset tiny --batch 4 --seq 256 --steps 5 --warmup 2
@@ -12,6 +12,14 @@ Runs, one after the other in one process, each timed over the same steps of rand
   or on CPU as a check;
 - transformers `LlamaForCausalLM` of the same shape: SDPA, bf16 autocast, fused AdamW,
   eager and torch.compile;
+- torchtitan 0.2.2's Llama 3 `Transformer` of the same shape, when torchtitan is importable: its
+  default attention (SDPA, causal), bf16 autocast as its single-GPU trainer does, fused AdamW,
+  eager and with torch.compile per block by its `apply_compile` plus its compiled cross-entropy
+  (no activation checkpointing, like every row, though its trainer's default checkpoints every
+  second block). It cannot tie the output matrix to the embedding, so it holds 263M more
+  parameters at llama3.2-1b but does the same matmul FLOPs. At startup its logits are checked
+  against pasture's for the same weights on a 2-layer model with the preset's head size, GQA
+  ratio, FFN rule and rope;
 - a bf16 8192^3 matmul, the practical ceiling of the GPU.
 
 Prints tokens/s, MFU = flops_per_token x tokens/s / 989 TFLOP/s (H100 dense bf16), where
@@ -27,6 +35,7 @@ import argparse
 import gc
 import sys
 import time
+from typing import Callable
 
 import torch
 
@@ -73,6 +82,24 @@ def time_steps(step, steps: int, warmup: int, tokens_per_step: int) -> tuple[flo
     return tokens_per_step * steps / elapsed, peak
 
 
+def training_step(loss: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """The step every row times: `loss()` under autocast, backward, optimizer step."""
+
+    def step():
+        with _autocast():
+            value = loss()
+        value.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The peers' optimizer: AdamW with pasture's betas, fused on the GPU as pasture's is."""
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=DEVICE.type == "cuda")
+
+
 def pasture_step(config, batch: int, seq: int, document_mask: bool, compile_blocks: bool, float8: str | None = None):
     from pasture.model import build
     from pasture.train.loss import cross_entropy_sum
@@ -93,15 +120,11 @@ def pasture_step(config, batch: int, seq: int, document_mask: bool, compile_bloc
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     doc_ids = (torch.arange(seq, device=DEVICE) // 512).expand(batch, seq) if document_mask else None
 
-    def step():
-        with _autocast():
-            hidden = model(inputs, doc_ids, return_hidden=True)
-            loss = cross_entropy_sum(hidden, model.output.weight, targets) / targets.numel()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def loss():
+        hidden = model(inputs, doc_ids, return_hidden=True)
+        return cross_entropy_sum(hidden, model.output.weight, targets) / targets.numel()
 
-    return step
+    return training_step(loss, optimizer)
 
 
 def hf_step(config, batch: int, seq: int, compiled: bool):
@@ -122,17 +145,91 @@ def hf_step(config, batch: int, seq: int, compiled: bool):
     model = LlamaForCausalLM(hf_config).to(DEVICE)
     if compiled:
         model = torch.compile(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=DEVICE.type == "cuda")
     tokens = torch.randint(0, config.vocab_size, (batch, seq), device=DEVICE)
+    return training_step(lambda: model(input_ids=tokens, labels=tokens).loss, adamw(model))
 
-    def step():
-        with _autocast():
-            loss = model(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    return step
+def torchtitan_args(config, max_seq_len: int):
+    """torchtitan 0.2.2 `TransformerModelArgs` with pasture's `config`'s shape, rope and norm.
+
+    Its rope always applies the Llama 3.1 scaling, which factor 1 turns into the identity for
+    presets without scaling. Its attention is its default: SDPA, causal.
+    """
+    from torchtitan.models.llama3 import TransformerModelArgs
+    from torchtitan.models.llama3.model.args import RoPEScalingArgs
+
+    rope = config.rope_scaling
+    scaling = RoPEScalingArgs(scaling_factor=1.0) if rope is None else RoPEScalingArgs(
+        rope.factor, rope.low_freq_factor, rope.high_freq_factor, rope.original_max_position_embeddings)
+    return TransformerModelArgs(
+        dim=config.dim, n_layers=config.n_layers, n_heads=config.n_heads, n_kv_heads=config.n_kv_heads,
+        vocab_size=config.vocab_size, multiple_of=config.multiple_of, ffn_dim_multiplier=config.ffn_dim_multiplier,
+        norm_eps=config.norm_eps, rope_theta=config.rope_theta, rope_scaling_args=scaling, max_seq_len=max_seq_len)
+
+
+def torchtitan_model(config, max_seq_len: int, device: torch.device | str) -> torch.nn.Module:
+    """torchtitan's Llama 3 as its trainer makes it: built on meta, `to_empty`, then its own `init_weights`."""
+    from torchtitan.models.llama3 import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(torchtitan_args(config, max_seq_len))
+    model.to_empty(device=device)
+    with torch.no_grad():
+        model.init_weights(buffer_device=torch.device(device))
+    return model
+
+
+def torchtitan_check(config, seq: int) -> str:
+    """Two lines: torchtitan's logits against pasture's for the same weights, and its own size count.
+
+    The logits are compared in fp32 on the CPU, on a 2-layer model with `config`'s head size, GQA
+    ratio, FFN rule, rope and norm, at positions past 4096 where the Llama 3.1 rope scaling acts.
+    Raises ImportError when torchtitan is not importable.
+    """
+    import torchtitan
+    from torchtitan.models.llama3 import Transformer
+
+    from pasture.model import build
+    from pasture.model.convert import half_to_interleaved, permute_qk
+    from pasture.model.info import flops_per_token, num_params
+
+    group = config.n_heads // config.n_kv_heads
+    small = config.replace(dim=2 * group * config.head_dim, n_layers=2, n_heads=2 * group, n_kv_heads=2,
+                           vocab_size=1024)
+    ours = build(small, device="cpu", attention_backend="sdpa", seed=0)
+    theirs = torchtitan_model(small, 4096 + 128, "cpu")
+    theirs.load_state_dict(permute_qk(ours.state_dict(), small, half_to_interleaved))
+    tokens = torch.randint(0, small.vocab_size, (2, 128), generator=torch.Generator().manual_seed(0))
+    positions = (torch.arange(128) + 4096).expand(2, 128)
+    with torch.no_grad():
+        expected, got = ours(tokens, positions=positions), theirs(tokens, positions=positions)
+    diff = (got - expected).abs().max().item()
+    verdict = "match" if diff <= 1e-4 * expected.abs().max().item() else "DO NOT match"
+    with torch.device("meta"):
+        full = Transformer(torchtitan_args(config, seq))
+    n, fpt = full.model_args.get_nparams_and_flops(full, seq)
+    version = f"torchtitan {torchtitan.__version__}"
+    return (f"{version}: logits {verdict} pasture's for the same weights (max |diff| {diff:.1e}; 2 layers, "
+            f"dim {small.dim}, {small.n_heads}/{small.n_kv_heads} heads, positions 4096-4223)\n"
+            f"{version}: {n / 1e9:.3f} B parameters (untied output; pasture {num_params(config) / 1e9:.3f} B), "
+            f"{fpt:.4g} FLOPs/token by its own count (pasture {flops_per_token(config, seq):.4g})")
+
+
+def torchtitan_step(config, batch: int, seq: int, compiled: bool):
+    """torchtitan's step as its trainer runs it on one GPU, less its data loader and logging."""
+    from torchtitan.components.loss import build_cross_entropy_loss
+    from torchtitan.config import JobConfig
+    from torchtitan.config.job_config import Compile
+    from torchtitan.models.llama3.infra.parallelize import apply_compile
+
+    model = torchtitan_model(config, seq, DEVICE)
+    job = JobConfig(compile=Compile(enable=compiled))
+    if compiled:
+        apply_compile(model, job.compile)
+    cross_entropy = build_cross_entropy_loss(job)  # torch.compile'd when job.compile is on, as in its trainer
+    tokens = torch.randint(0, config.vocab_size, (batch, seq + 1), device=DEVICE)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    return training_step(lambda: cross_entropy(model(inputs), targets) / targets.numel(), adamw(model))
 
 
 def float8_recipes() -> list[str]:
@@ -178,6 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU"
     print(f"{device_name} | torch {torch.__version__} | {args.preset} ({num_params(config) / 1e9:.3f} B) "
           f"| batch {args.batch} x {args.seq} | {fpt:.4g} FLOPs/token | pasture plan predicts {predicted:.1f} GiB")
+    titan_missing = ""
+    try:
+        print(torchtitan_check(config, args.seq))
+    except ImportError as error:
+        titan_missing = f"skipped, torchtitan not importable: {error}"
+    except Exception as error:  # the peer's trouble must not cost pasture's rows
+        titan_missing = f"skipped, torchtitan check failed: {type(error).__name__}: {error}"
+    if titan_missing:
+        print(f"torchtitan: {titan_missing}")
     matmul_size = 8192 if DEVICE.type == "cuda" else 2048
     matmul = matmul_tflops(matmul_size, 50 if DEVICE.type == "cuda" else 5)
     print(f"{'bf16' if DEVICE.type == 'cuda' else 'fp32'} matmul {matmul_size}^3: {matmul:.2f} TFLOP/s")
@@ -191,13 +297,21 @@ def main(argv: list[str] | None = None) -> int:
     runs += [("transformers eager (SDPA)", lambda: hf_step(config, args.batch, args.seq, False))]
     if compile_runs:
         runs += [("transformers + torch.compile", lambda: hf_step(config, args.batch, args.seq, True))]
+    titan = [("torchtitan eager (SDPA)", False)] + ([("torchtitan + compile per block", True)] if compile_runs else [])
+    skipped = {name: titan_missing for name, _ in titan if titan_missing}
+    runs += [(name, lambda c=c: torchtitan_step(config, args.batch, args.seq, c))
+             for name, c in titan if not titan_missing]
     results: dict[str, tuple[float, float]] = {}
     for name, make in runs:
         try:
             results[name] = time_steps(make(), args.steps, args.warmup, tokens_per_step)
             print(f"{name}: {results[name][0]:,.0f} tokens/s, peak {results[name][1]:.1f} GiB", flush=True)
         except torch.cuda.OutOfMemoryError:
+            skipped[name] = "out of memory"
             print(f"{name}: out of memory")
+        except Exception as error:  # a failing row must not cost the rows after it and the table
+            skipped[name] = f"failed: {type(error).__name__}: {error}"
+            print(f"{name}: {skipped[name]}", flush=True)
         gc.collect()
         if DEVICE.type == "cuda":
             torch.cuda.empty_cache()
@@ -210,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         mfu = f"{fpt * tps / PEAK_BF16:.1%}" if on_gpu else "-"  # the 989 TFLOP/s peak is an H100's
         of_matmul = f"{fpt * tps / (matmul * 1e12):.1%}"  # achieved FLOP/s over the measured matmul's
         print(f"{name:<42} {tps:>10,.0f} {mfu:>6} {of_matmul:>7} {ratio:>6} {peak:>9.1f} {plan_ratio:>6}")
+    for name, reason in skipped.items():
+        print(f"{name:<42} {reason}")
     return 0
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -49,7 +49,13 @@ def half_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def _permute_qk(state: dict[str, torch.Tensor], config: ModelConfig, fn) -> dict[str, torch.Tensor]:
+def permute_qk(
+    state: dict[str, torch.Tensor], config: ModelConfig, fn: Callable[[torch.Tensor, int], torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """`state` with `fn` (`half_to_interleaved` or `interleaved_to_half`) applied to every wq/wk.
+
+    Meta's layout is also torchtitan's, whose Llama 3 parameter names are Meta's too.
+    """
     out = dict(state)
     for key, tensor in state.items():
         if key.endswith("attention.wq.weight"):
@@ -329,7 +335,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCon
             state = _read_meta_shards(folder)
             tied = "output.weight" not in state or torch.equal(state["output.weight"], state.get("tok_embeddings.weight"))
             config = config_from_meta(_read_json(folder / "params.json"), tied=tied)
-            state = _permute_qk(state, config, interleaved_to_half)
+            state = permute_qk(state, config, interleaved_to_half)
         elif fmt == "hf":
             config = config_from_hf(_read_json(folder / "config.json"))
             state = from_hf_names(_read_safetensors(folder))
@@ -405,7 +411,7 @@ def write_checkpoint(state: dict[str, torch.Tensor], config: ModelConfig, dst: s
         (out / "config.json").write_text(json.dumps(config_to_hf(config, dtype), indent=2) + "\n")
         save_file(to_hf_names(state), out / "model.safetensors", metadata={"format": "pt"})
     else:
-        meta = _permute_qk(state, config, half_to_interleaved)
+        meta = permute_qk(state, config, half_to_interleaved)
         if config.tie_embeddings:
             meta["output.weight"] = meta["tok_embeddings.weight"].clone()  # Meta's code has a separate output
         (out / "params.json").write_text(json.dumps(config_to_meta(config), indent=2) + "\n")
