@@ -38,8 +38,9 @@ def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
     args = ["speedrun", "--runs-dir", str(tmp_path / "runs"), "--name", "t", "--source", str(src),
             "--vocab-size", "512", "--no-progress", "--val-fraction", "0.1", *TINY]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "held-out bits/byte" in out and "unigram" in out
+    assert "task/s" not in err and "it/s" not in err  # --no-progress: no bar from any stage
     assert "input files given with --source" in (tmp_path / "runs" / "t" / "report.md").read_text()
     run = tmp_path / "runs" / "t"
     summary = json.loads((run / "speedrun.json").read_text())

@@ -135,6 +135,7 @@ def curation_recipe(cfg: SpeedrunConfig, inputs: list[str]) -> dict[str, Any]:
     recipe["language"] = {"enabled": True, "min_score": 0.0}
     recipe["mix"] = {"enabled": False}
     recipe["engine"]["fit_sample_docs"] = 2000
+    recipe["engine"]["progress"] = cfg.progress
     return recipe
 
 

@@ -640,7 +640,8 @@ def run_curation(recipe: dict[str, Any] | CurateConfig, registry: dict[str, type
     stages = build_stages(config.filters, registry)
     n = len(files)
     phases: dict[str, float] = {}
-    engine = make_engine(config.engine.kind, config.engine.workers, config.engine.ray_address)
+    engine = make_engine(config.engine.kind, config.engine.workers, config.engine.ray_address,
+                         config.engine.progress)
     wall = time.perf_counter()
 
     def phase(name: str, fn, tasks: dict[str, Any]) -> dict[str, Any]:

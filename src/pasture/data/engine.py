@@ -37,19 +37,20 @@ def _run_and_mark(fn: Callable[[Any], Any], arg: Any, marker: str) -> Any:
 class LocalEngine:
     """A pool of worker processes (or the calling process when there is one worker)."""
 
-    def __init__(self, workers: int = 0) -> None:
+    def __init__(self, workers: int = 0, progress: bool = True) -> None:
         self.workers = workers or os.cpu_count() or 1
+        self.progress = progress
         self._pool = None
 
     def map(self, calls: list[tuple[Callable, Any, str]], desc: str) -> list[Any]:
         if self.workers == 1 or len(calls) == 1:
-            return [_run_and_mark(*c) for c in tqdm(calls, desc=desc, unit="task", leave=False)]
+            return [_run_and_mark(*c) for c in tqdm(calls, desc=desc, unit="task", leave=False, disable=not self.progress)]
         if self._pool is None:
             # spawn, not fork: the driver may hold threads (Ray, tqdm) that fork would copy mid-state;
             # a worker that dies raises BrokenProcessPool here instead of hanging the run
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         pending = [self._pool.submit(_run_and_mark, *c) for c in calls]
-        return [p.result() for p in tqdm(pending, desc=desc, unit="task", leave=False)]
+        return [p.result() for p in tqdm(pending, desc=desc, unit="task", leave=False, disable=not self.progress)]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -60,7 +61,8 @@ class LocalEngine:
 class RayEngine:
     """The same tasks as Ray remote functions; files must be on storage every node sees."""
 
-    def __init__(self, workers: int = 0, address: str = "") -> None:
+    def __init__(self, workers: int = 0, address: str = "", progress: bool = True) -> None:
+        self.progress = progress
         try:
             import ray
         except ImportError:
@@ -78,7 +80,7 @@ class RayEngine:
         refs = [self._remote.remote(*c) for c in calls]
         results = {}
         remaining = list(refs)
-        with tqdm(total=len(refs), desc=desc, unit="task", leave=False) as bar:
+        with tqdm(total=len(refs), desc=desc, unit="task", leave=False, disable=not self.progress) as bar:
             while remaining:
                 done, remaining = self._ray.wait(remaining, num_returns=1)
                 for ref in done:
@@ -91,8 +93,8 @@ class RayEngine:
             self._ray.shutdown()
 
 
-def make_engine(kind: str, workers: int = 0, ray_address: str = "") -> LocalEngine | RayEngine:
-    return RayEngine(workers, ray_address) if kind == "ray" else LocalEngine(workers)
+def make_engine(kind: str, workers: int = 0, ray_address: str = "", progress: bool = True) -> LocalEngine | RayEngine:
+    return RayEngine(workers, ray_address, progress) if kind == "ray" else LocalEngine(workers, progress)
 
 
 def run_tasks(engine: LocalEngine | RayEngine, fn: Callable[[Any], Any], tasks: dict[str, Any], done_dir: Path,

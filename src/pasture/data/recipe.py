@@ -81,6 +81,7 @@ class EngineConfig:
     workers: int = 0  # 0: every core
     ray_address: str = ""  # empty: start a local Ray cluster
     fit_sample_docs: int = 10_000  # documents given to stages with fit() before the filtering pass
+    progress: bool = True  # a progress bar per phase
 
 
 @dataclass
