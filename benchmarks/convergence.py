@@ -1,6 +1,6 @@
 """Convergence check: one model trained on the same real tokens several ways, losses compared.
 
-    python benchmarks/convergence.py --tokens .gpu-tokens [--steps 200] [--variants bf16,float8,accum-ac]
+    python benchmarks/convergence.py --tokens .gpu-tokens [--steps 200] [--variants bf16,float8,fsdp]
     python benchmarks/convergence.py --preset tiny --steps 6 --seq 64 --batch 4 \\
         --recipe-overrides train.compile=false --runs /tmp/convergence    (CPU check of the harness)
     python benchmarks/convergence.py --from-json a/metrics.json b/metrics.json --out merged
@@ -9,14 +9,16 @@
 A faster path that changes the numbers shows up here first: each variant is one
 `pasture pretrain` process (the real training loop, from this source tree) on the shipped
 `1b` recipe cut to a short run (llama3.2-1b, `--steps` steps of `--batch` x `--seq` tokens,
-warmup a tenth of the steps, cosine, no checkpoints), same data order and seed, in its own
-run folder under `--runs`. Variants:
+warmup a tenth of the steps, cosine, no checkpoints), same data order and the same initial
+weights (saved once under `--runs`/init), in its own run folder under `--runs`. Variants:
 
 - `bf16`: the baseline, bf16 autocast over fp32 weights, compiled blocks;
 - `float8`, `float8-tensorwise`: the same with torchao float8 linear layers (`train.float8`);
+- `fsdp`: the multi-GPU code path on one GPU: `torchrun --nproc-per-node 1` puts the model
+  under FSDP2 on a mesh of one (bf16 parameters, fp32 gradient reduction, DCP, the
+  distributed loss and validation) instead of autocast over fp32 weights;
 - `accum-ac`: the same batch as 4 accumulated micro-batches with selective activation
-  checkpointing, the other execution path one GPU can take (a single process never uses
-  FSDP: `torchrun --nproc_per_node 1` trains exactly like plain `pasture pretrain`).
+  checkpointing.
 
 Writes to `--out`, after every variant so a run cut short still reports: `losses.png`
 (losses, and each variant's loss minus bf16's), `convergence.md` (final loss, mean |loss -
@@ -48,9 +50,11 @@ VARIANTS: dict[str, list[str]] = {
     "bf16": [],
     "float8": ['train.float8="rowwise"'],
     "float8-tensorwise": ['train.float8="tensorwise"'],
+    "fsdp": [],
     "accum-ac": ["train.micro_batch_size={micro}", 'parallel.activation_checkpoint="selective"'],
 }
-DEFAULT_VARIANTS = "bf16,float8,accum-ac"
+UNDER_TORCHRUN = {"fsdp"}  # variants launched as torchrun's only process
+DEFAULT_VARIANTS = "bf16,float8,fsdp"
 
 
 @dataclass
@@ -92,8 +96,11 @@ def run_variant(variant: str, recipe: str, overrides: list[str], run_dir: Path) 
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
     log_path = run_dir / "pretrain.log"
     started = time.perf_counter()
+    launcher = [sys.executable]
+    if variant in UNDER_TORCHRUN:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1"]
     with open(log_path, "w") as log:
-        proc = subprocess.run([sys.executable, "-m", "pasture.cli", "pretrain", recipe, *overrides],
+        proc = subprocess.run([*launcher, "-m", "pasture.cli", "pretrain", recipe, *overrides],
                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     wall = time.perf_counter() - started
     error = ""
@@ -121,6 +128,20 @@ def plan_memory_gib(recipe: str, overrides: list[str], tokens: Path) -> float | 
     config = build_model_config(parsed, TokenDataset(tokens).vocab_size)
     micro = t.micro_batch_size or t.batch_size
     return memory_plan(config, Layout(1, 1, 1, 1, 1), parsed.parallel, t.seq_len, micro, t.batch_size // micro).total / GIB
+
+
+def save_initial_weights(recipe: str, overrides: list[str], tokens: Path, folder: Path) -> Path:
+    """One initialisation of the run's model, saved for every variant (`model.init_from`): the
+    single-process and FSDP paths draw their initial weights differently (DTensor has its own
+    random streams), and the comparison is of execution paths, not of seeds."""
+    from pasture.model import build, save
+    from pasture.train.pretrain import build_model_config, load_recipe
+    from pasture.train.shards import TokenDataset
+
+    parsed, _ = load_recipe(recipe, overrides)
+    config = build_model_config(parsed, TokenDataset(tokens).vocab_size)
+    shutil.rmtree(folder, ignore_errors=True)
+    return save(build(config, seed=parsed.train.seed), folder)
 
 
 def _losses(result: RunResult) -> dict[int, float]:
@@ -266,11 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     on_gpu = torch.cuda.is_available()  # the plan is of GPU memory; on CPU pretrain logs the RSS
+    common = [*short_run_overrides(args.tokens.resolve(), args.runs.resolve(), args.steps, args.seq, args.batch),
+              *preset, *args.recipe_overrides]
+    init = save_initial_weights(args.recipe, common, args.tokens, (args.runs / "init").resolve())
     results: list[RunResult] = []
     for variant in variants:
         run_dir = (args.runs / variant).resolve()
         overrides = [*short_run_overrides(args.tokens.resolve(), run_dir, args.steps, args.seq, args.batch),
-                     *preset, *per_variant[variant], *args.recipe_overrides]
+                     *preset, f"model.init_from={json.dumps(str(init))}", *per_variant[variant], *args.recipe_overrides]
         print(f"{variant}: pasture pretrain {args.recipe} {' '.join(overrides)}", flush=True)
         result = run_variant(variant, args.recipe, overrides, run_dir)
         if on_gpu:

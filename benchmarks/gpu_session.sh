@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_session.sh throughput    on the GPU: train_throughput.py (bf16, float8, HF and torchtitan
 #                                                eager and compiled, plan vs peak), `pasture plan`, tests/test_gpu.py
 #   bash benchmarks/gpu_session.sh convergence [ARGS]   on the GPU: convergence.py with ARGS
-#                                                (default: variants bf16,float8,accum-ac, 200 steps)
+#                                                (default: variants bf16,float8,fsdp, 200 steps)
 #
 # Everything goes to $OUT as it is written (the device tool returns it even when a call runs past
 # its limit; runs/gpu-session/PART when OUT is unset), at most 6 files a part (the tool returns 8).

@@ -101,6 +101,15 @@ def test_fsdp_on_two_ranks_matches_one_process(token_data, tmp_path):
     np.testing.assert_allclose(norms, [r["grad_norm"] for r in read_metrics(tmp_path / "one", "train")], rtol=1e-4)
 
 
+def test_torchrun_with_one_process_takes_the_fsdp_path_and_matches(token_data, tmp_path):
+    """One GPU under torchrun runs FSDP2 on a mesh of one (the multi-GPU code path)."""
+    init = initial_weights(tmp_path / "init", tied=True)
+    one_process(recipe_args(token_data, tmp_path / "one", init, "eval.every=2"))
+    done = run_distributed(1, recipe_args(token_data, tmp_path / "fsdp1", init, "eval.every=2"))
+    assert "= 1 GPUs, FSDP2" in done.stdout + done.stderr
+    assert_same_losses(losses(tmp_path / "fsdp1"), losses(tmp_path / "one"))
+
+
 def test_tensor_parallel_two_ranks_matches_one_process(token_data, tmp_path):
     init = initial_weights(tmp_path / "init", tied=False)
     # a small loss chunk: the vocabulary-parallel loss runs 4 checkpointed chunks per micro-batch

@@ -91,8 +91,10 @@ class Layout:
 
     @property
     def fsdp(self) -> bool:
-        """Whether weights need FSDP: more than one rank holds the same slice of them."""
-        return self.dp * self.cp > 1
+        """Whether weights go through FSDP: more than one rank holds the same slice of them,
+        or the run is torchrun's only process, where FSDP2 (on a mesh of one) gives the
+        mixed precision of multi-GPU runs: bf16 parameters, fp32 gradient reduction."""
+        return self.dp * self.cp > 1 or self.world_size == 1
 
     def coordinates(self, rank: int) -> dict[str, int]:
         """This rank's index along each mesh dimension (row-major over MESH_DIMS), plus `dp`."""

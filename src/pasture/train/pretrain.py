@@ -188,12 +188,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); (rank, world size)."""
+    """Join the process group when launched by torchrun, even as its only process (then the
+    run takes the multi-GPU code path: FSDP2 with its mixed precision); (rank, world size)."""
     import os
 
     import torch.distributed as dist
 
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if not dist.is_initialized() and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
@@ -479,6 +480,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
     t, o = recipe.train, recipe.optim
     device = resolve_device(t.device)
     rank, world = init_distributed(device)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     autocast_dtype = _autocast_dtype(recipe, device)
     if t.float8 != "none":
         float8.check_available(device)
@@ -508,7 +510,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
     # model and optimizer
     config = build_model_config(recipe, vocab)
     parallel.validate(recipe.parallel, layout, config, seq_lens=seq_lens)
-    if world > 1:
+    if distributed:
         par = _build_parallel(recipe, config, layout, device, autocast_dtype, rank)
     else:
         torch.manual_seed(t.seed)
@@ -527,6 +529,9 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
                 layer.compile()
         par = _single_process(model)
     par.loss_chunk_tokens = t.loss_chunk_tokens
+    if rank == 0:
+        how = f"{layout.describe()}{', FSDP2' if layout.fsdp else ''}" if distributed else "one process"
+        log(f"{num_params(config):,} parameters on {device.type}: {how}")
     model = par.module
     model.train()
     optimizer = build_optimizer(model, o)
@@ -599,7 +604,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
     def validation() -> dict[str, float]:
         if par.runner is not None:
             return evaluate(model, val_loader, device, autocast_dtype, batch_loss=pipeline_batch_loss)
-        if world > 1:
+        if distributed:
             return evaluate(model, val_loader, device, autocast_dtype, batch_loss=sharded_batch_loss)
         return evaluate(model, val_loader, device, autocast_dtype)
 
