@@ -201,17 +201,34 @@ def check_batch(batch_size: int, micro: int, cfg: ParallelConfig, layout: Layout
 # ---------------------------------------------------------------- mesh
 
 
-def build_mesh(layout: Layout, device_type: str):
-    """The N-D device mesh with flattened views: dp (data), dp_shard_cp (FSDP), dp_cp (loss sums)."""
+@dataclass(frozen=True)
+class Meshes:
+    """The device meshes one rank takes part in, each kept as built (never sliced back out of a root)."""
+
+    pp: Any
+    dp: Any  # data parallel: dp_replicate x dp_shard
+    cp: Any
+    tp: Any
+    dp_cp: Any  # data x context parallel: the ranks that sum the loss
+    fsdp: Any  # dp_shard x cp (context-parallel ranks shard weights too), 2-D with dp_replicate for HSDP
+
+
+def build_mesh(layout: Layout, device_type: str) -> Meshes:
+    """Views of one world mesh, unflattened along MESH_DIMS' row-major rank order.
+
+    Slicing a flattened dimension out of a root mesh is deprecated in torch, so every
+    view that needs a merged dimension (data, FSDP) is its own unflattening of the world.
+    """
     from torch.distributed.device_mesh import init_device_mesh
 
-    sizes = {"pp": layout.pp, "dp_replicate": layout.dp_replicate, "dp_shard": layout.dp_shard,
-             "cp": layout.cp, "tp": layout.tp}
-    mesh = init_device_mesh(device_type, tuple(sizes[d] for d in MESH_DIMS), mesh_dim_names=MESH_DIMS)
-    mesh["dp_replicate", "dp_shard"]._flatten("dp")
-    mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
-    mesh["dp_replicate", "dp_shard", "cp"]._flatten("dp_cp")
-    return mesh
+    world = init_device_mesh(device_type, (layout.world_size,), mesh_dim_names=("world",))
+    data = world._unflatten(0, (layout.pp, layout.dp_replicate * layout.dp_shard, layout.cp, layout.tp),
+                            ("pp", "dp", "cp", "tp"))
+    dense = world._unflatten(0, (layout.pp, layout.dp_replicate, layout.dp_shard * layout.cp, layout.tp),
+                             ("pp", "dp_replicate", "dp_shard_cp", "tp"))
+    fsdp = dense["dp_replicate", "dp_shard_cp"] if layout.dp_replicate > 1 else dense["dp_shard_cp"]
+    return Meshes(pp=data["pp"], dp=data["dp"], cp=data["cp"], tp=data["tp"],
+                  dp_cp=data["dp", "cp"]._flatten("dp_cp"), fsdp=fsdp)
 
 
 # ---------------------------------------------------------------- tensor parallel
@@ -412,13 +429,6 @@ def apply_fsdp(model: nn.Module, dp_mesh, param_dtype: torch.dtype | None, resha
     for block in model.layers:
         fully_shard(block, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=False)
-
-
-def fsdp_mesh(mesh, layout: Layout):
-    """1-D shard mesh, or 2-D (replicate, shard) for HSDP; context-parallel ranks shard too."""
-    if layout.dp_replicate > 1:
-        return mesh["dp_replicate", "dp_shard_cp"]
-    return mesh["dp_shard_cp"]
 
 
 # ---------------------------------------------------------------- pipeline parallel

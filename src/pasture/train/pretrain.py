@@ -396,34 +396,34 @@ def _build_parallel(recipe: PretrainRecipe, config: ModelConfig, layout: Layout,
         model = Transformer(config, attention_backend=recipe.model.attention_backend)
     float8.apply_float8(model, t.float8, fsdp=layout.fsdp)  # before the pipeline split, TP and FSDP
     par = _Parallelism(layout, module=model, forward_model=model, tp=layout.tp > 1,
-                       dp_group=mesh["dp"].get_group(), dp_cp_group=mesh["dp_cp"].get_group(),
+                       dp_group=mesh.dp.get_group(), dp_cp_group=mesh.dp_cp.get_group(),
                        float8_all_gather=float8.fsdp_float8_all_gather(t.float8, layout.fsdp))
     if layout.cp > 1:
-        par.cp_group = mesh["cp"].get_group()
-        par.context_parallel = parallel.ContextParallel(par.cp_group, layout.cp, mesh["cp"].get_local_rank(),
+        par.cp_group = mesh.cp.get_group()
+        par.context_parallel = parallel.ContextParallel(par.cp_group, layout.cp, mesh.cp.get_local_rank(),
                                                         recipe.model.attention_backend)
     parts = [model]
     if layout.pp > 1:
-        pp_rank = mesh["pp"].get_local_rank()
+        pp_rank = mesh.pp.get_local_rank()
         par.module, parts, stage_ids = parallel.split_pipeline(model, cfg, layout, pp_rank, par.context_parallel)
-        par.forward_model, par.pp_group = None, mesh["pp"].get_group()
+        par.forward_model, par.pp_group = None, mesh.pp.get_group()
         last = parts[-1] if par.module.output is not None else None
         par.pipeline_loss = _PipelineLoss(par, last)
         par.runner = parallel.PipelineRunner(parts, stage_ids, layout.pp * cfg.stages_per_rank, par.pp_group,
                                              device, cfg.pp_schedule, par.pipeline_loss, par.context_parallel)
     for part in parts:
         if layout.tp > 1:
-            parallel.apply_tensor_parallel(part, mesh["tp"])
+            parallel.apply_tensor_parallel(part, mesh.tp)
         parallel.apply_activation_checkpointing(part, cfg)
         if t.compile:
             for block in part.layers:
                 block.compile()
         if layout.fsdp:
-            parallel.apply_fsdp(part, parallel.fsdp_mesh(mesh, layout), param_dtype, cfg.fsdp_reshard_after_forward)
+            parallel.apply_fsdp(part, mesh.fsdp, param_dtype, cfg.fsdp_reshard_after_forward)
     par.module.to_empty(device=device)
     # DTensor draws distinct shards from one seed only on CUDA; on CPU, and across pipeline
     # stages (which hold different layers), distinct seeds keep shards from repeating
-    offset = rank if device.type != "cuda" else (mesh["pp"].get_local_rank() if layout.pp > 1 else 0)
+    offset = rank if device.type != "cuda" else (mesh.pp.get_local_rank() if layout.pp > 1 else 0)
     torch.manual_seed(t.seed + offset)
     model.init_weights(buffer_device=device)
     for part in parts:
