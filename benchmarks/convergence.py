@@ -127,7 +127,8 @@ def plan_memory_gib(recipe: str, overrides: list[str], tokens: Path) -> float | 
     t = parsed.train
     config = build_model_config(parsed, TokenDataset(tokens).vocab_size)
     micro = t.micro_batch_size or t.batch_size
-    return memory_plan(config, Layout(1, 1, 1, 1, 1), parsed.parallel, t.seq_len, micro, t.batch_size // micro).total / GIB
+    return memory_plan(config, Layout(1, 1, 1, 1, 1), parsed.parallel, t.seq_len, micro, t.batch_size // micro,
+                       t.loss_chunk_tokens, t.float8).total / GIB
 
 
 def save_initial_weights(recipe: str, overrides: list[str], tokens: Path, folder: Path) -> Path:

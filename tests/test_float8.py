@@ -65,6 +65,34 @@ def test_float8_swaps_block_linears_only():
     assert apply_float8(pm.build(config, seed=0), "none") == []
 
 
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_float8_linears_keep_their_master_weight_for_backward(recipe):
+    """What `pasture plan` counts: a float8 linear saves the weight itself for backward (no
+    low-precision copy to cache), while a plain linear under autocast saves a bf16 copy."""
+    config = preset("tiny").replace(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, ffn_dim=192)
+    tokens = torch.randint(0, 256, (2, 32))
+
+    def saved_weights(model: nn.Module) -> set[str]:
+        by_storage = {p.untyped_storage().data_ptr(): name for name, p in model.named_parameters()}
+        saved = set()
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved.add(by_storage.get(t.untyped_storage().data_ptr()))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", torch.bfloat16):
+            model(tokens)
+        return saved - {None}
+
+    linears = {f"layers.{i}.{w}.weight" for i in range(2) for w in
+               ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
+                "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")}
+    assert not linears & saved_weights(pm.build(config, seed=0))
+    model = pm.build(config, seed=0)
+    apply_float8(model, recipe)
+    assert linears <= saved_weights(model)
+
+
 def test_bad_float8_settings_are_one_line_errors(token_data, tmp_path, capsys, monkeypatch):
     assert main(["pretrain", *recipe_args(token_data, tmp_path / "run", "train.float8=fp8")]) == 2
     err = capsys.readouterr().err.strip()

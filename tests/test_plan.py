@@ -33,6 +33,25 @@ def test_weights_gradients_optimizer_are_16_bytes_per_param_over_the_shards():
     assert hsdp.weights == pytest.approx(4 * n / 4)  # replicas do not divide the weights
 
 
+def test_float8_changes_only_the_weights_for_compute():
+    n_blocks, linears = 32, plan.block_params(LLAMA_8B) - 2 * 4096
+    args = (ParallelConfig(), 8192, 1, 1)
+    fsdp = Layout(dp_replicate=1, dp_shard=8, tp=1, cp=1, pp=1)
+    bf16 = plan.memory_plan(LLAMA_8B, fsdp, *args)
+    tensorwise = plan.memory_plan(LLAMA_8B, fsdp, *args, float8="tensorwise")
+    rowwise = plan.memory_plan(LLAMA_8B, fsdp, *args, float8="rowwise")
+    # tensorwise all-gathers the two in-flight blocks' linears in float8: 1 byte per weight, not 2
+    assert bf16.gathered_weights - tensorwise.gathered_weights == pytest.approx(2 * linears)
+    assert rowwise.gathered_weights == pytest.approx(bf16.gathered_weights)
+    assert tensorwise.activations == bf16.activations and tensorwise.weights == bf16.weights
+    # one GPU: no autocast copy of the blocks' linears, only of the output projection
+    one = Layout(1, 1, 1, 1, 1)
+    single = plan.memory_plan(LLAMA_8B, one, *args, float8="rowwise")
+    assert single.gathered_weights == pytest.approx(
+        plan.memory_plan(LLAMA_8B, one, *args).gathered_weights - 2 * n_blocks * linears)
+    assert single.gathered_weights == pytest.approx(2 * (128256 * 4096 + n_blocks * 2 * 4096 + 4096))
+
+
 def test_tensor_and_pipeline_parallel_divide_the_weights():
     layout = Layout(dp_replicate=1, dp_shard=2, tp=2, cp=1, pp=2)
     mem = plan.memory_plan(LLAMA_8B, layout, ParallelConfig(pp=2), 8192, 1, 4)

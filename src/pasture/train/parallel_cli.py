@@ -46,5 +46,5 @@ def _plan(args: argparse.Namespace) -> int:
     micro = t.micro_batch_size or max(1, batch_size // layout.dp)
     _, per_run = parallel.check_batch(batch_size, micro, cfg, layout)
     print(render(recipe.name or args.recipe, config, layout, cfg, seq_lens, micro, per_run, args.gpu_memory,
-                 t.loss_chunk_tokens))
+                 t.loss_chunk_tokens, t.float8))
     return 0

@@ -5,11 +5,15 @@ the most micro-batches in flight):
 
 - weights: fp32 master copy, sharded by FSDP (dp_shard x cp), TP and PP: 4 B/param;
 - gradients: fp32, sharded the same way: 4 B/param; AdamW moments: 8 B/param;
-- bf16 weights for compute: with FSDP, the gathered blocks: two (one computing, one
+- weights for compute (bf16): with FSDP, the gathered blocks: two (one computing, one
   prefetched) when FSDP reshards after forward, every block of the stage when it does
   not, plus the embedding and output projection (kept gathered: the loss uses them),
   divided by TP; without FSDP, autocast's bf16 copy of every weight a matmul uses (all
-  but an untied embedding table, which is only looked up), cached for the backward;
+  but an untied embedding table, which is only looked up), cached for the backward.
+  Under `train.float8` the blocks' linears cast their weights straight to float8 inside
+  each matmul and keep only the master weight for backward, so they add no bf16 copy
+  without FSDP; with FSDP, tensorwise scaling all-gathers them in float8 (1 B/param),
+  rowwise in bf16. Their saved inputs stay bf16, so activations are unchanged;
 - activations saved for backward, bf16, per token per block (D = dim, F = FFN width,
   K = n_kv_heads x head_dim), read off this model's forward in `model/llama.py`:
     each RMSNorm: its fp32 input copy 4D + normalised bf16 2D + output 2D = 8D (x2 norms)
@@ -110,7 +114,7 @@ class MemoryPlan:
 
 def memory_plan(config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_len: int,
                 micro_batch_size: int, n_microbatches: int,
-                loss_chunk_tokens: int = LOSS_CHUNK_TOKENS) -> MemoryPlan:
+                loss_chunk_tokens: int = LOSS_CHUNK_TOKENS, float8: str = "none") -> MemoryPlan:
     """Memory of the GPU that needs the most (the first pipeline stage) for this layout."""
     n_stages = layout.pp * cfg.stages_per_rank
     per_stage = stage_params(config, n_stages)
@@ -123,11 +127,15 @@ def memory_plan(config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_le
     weights, gradients, optimizer = 4 * params / shard, 4 * params / shard, 8 * params / shard
     embedding = config.vocab_size * config.dim / layout.tp
     blocks_gathered = 2 if cfg.fsdp_reshard_after_forward else max(rank_blocks)
+    block_linears = (block_params(config) - 2 * config.dim) / layout.tp  # all but the norm gains
     if shard > 1:
-        gathered = 2 * (blocks_gathered * block_params(config) / layout.tp + embedding)
+        linear_bytes = 1 if float8 == "tensorwise" else 2
+        gathered = blocks_gathered * (linear_bytes * block_linears + 2 * (block_params(config) / layout.tp - block_linears))
+        gathered += 2 * embedding
     else:  # autocast's bf16 copy of every weight a matmul uses, cached until the step's backward
         lookup_only = embedding if not config.tie_embeddings and layout.pp == 1 else 0.0
-        gathered = 2 * (params - lookup_only)
+        float8_linears = max(rank_blocks) * block_linears if float8 != "none" else 0.0
+        gathered = 2 * (params - lookup_only - float8_linears)
 
     tokens = micro_batch_size * seq_len / layout.cp
     in_flight = microbatches_in_flight(cfg, layout, n_microbatches)
@@ -162,7 +170,7 @@ def _block_modes(cfg: ParallelConfig, layer_ids: list[int]) -> list[str]:
 
 def render(name: str, config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_lens: list[int],
            micro_batch_size: int, n_microbatches: int, gpu_memory_gib: float,
-           loss_chunk_tokens: int = LOSS_CHUNK_TOKENS) -> str:
+           loss_chunk_tokens: int = LOSS_CHUNK_TOKENS, float8: str = "none") -> str:
     """The `pasture plan` report: sizes, FLOPs and memory per GPU for every sequence length."""
     rows = [
         ("recipe", name),
@@ -170,6 +178,7 @@ def render(name: str, config: ModelConfig, layout: Layout, cfg: ParallelConfig, 
         ("parameters", f"{num_params(config):,} ({num_params(config) / 1e9:.2f} B)"),
         ("activation checkpointing", cfg.activation_checkpoint + (
             f" ({cfg.ac_selective})" if cfg.activation_checkpoint == "selective" else "")),
+        ("float8 linears", float8),
     ]
     if layout.pp > 1:
         rows.append(("pipeline", f"{cfg.pp_schedule}, {layout.pp * cfg.stages_per_rank} stages, "
@@ -177,7 +186,8 @@ def render(name: str, config: ModelConfig, layout: Layout, cfg: ParallelConfig, 
     lines = _table(rows)
     fits_all = True
     for seq_len in seq_lens:
-        plan = memory_plan(config, layout, cfg, seq_len, micro_batch_size, n_microbatches, loss_chunk_tokens)
+        plan = memory_plan(config, layout, cfg, seq_len, micro_batch_size, n_microbatches, loss_chunk_tokens,
+                           float8)
         fits = plan.total <= gpu_memory_gib * GIB
         fits_all &= fits
         lines.append("")
@@ -188,7 +198,7 @@ def render(name: str, config: ModelConfig, layout: Layout, cfg: ParallelConfig, 
             ("weights fp32", _gib(plan.weights)),
             ("gradients fp32", _gib(plan.gradients)),
             ("AdamW moments fp32", _gib(plan.optimizer)),
-            ("bf16 weights for compute", _gib(plan.gathered_weights)),
+            ("weights for compute", _gib(plan.gathered_weights)),
             ("activations (this recipe)", _gib(plan.activations)),
             ("activations, no checkpointing", _gib(plan.activations_none)),
             ("activations, full checkpointing", _gib(plan.activations_full)),
