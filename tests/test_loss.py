@@ -1,0 +1,79 @@
+"""The chunked cross-entropy takes its gradients in the forward pass: they must equal
+autograd's through the full logits, with ignored targets, chunks, autocast and tied weights."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pasture.train.loss import IGNORE_INDEX, cross_entropy_sum
+
+
+def _problem(tokens: int = 300, dim: int = 32, vocab: int = 500):
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(tokens, dim, generator=gen)
+    weight = torch.randn(vocab, dim, generator=gen) * 0.2
+    targets = torch.randint(0, vocab, (tokens,), generator=gen)
+    targets[::7] = IGNORE_INDEX
+    return hidden, weight, targets
+
+
+def _grads(loss_fn, hidden, weight, targets):
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = loss_fn(h, w, targets)
+    (loss / len(targets)).backward()
+    return loss.detach(), h.grad, w.grad
+
+
+def _reference(h, w, t):
+    return F.cross_entropy(h @ w.T, t, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+@pytest.mark.parametrize("chunk_tokens", [64, 100, 8192])
+def test_loss_and_gradients_equal_full_logits(chunk_tokens):
+    problem = _problem()
+    loss, grad_hidden, grad_weight = _grads(lambda h, w, t: cross_entropy_sum(h, w, t, chunk_tokens), *problem)
+    ref_loss, ref_hidden, ref_weight = _grads(_reference, *problem)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(grad_hidden, ref_hidden, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad_weight, ref_weight, rtol=1e-5, atol=1e-7)
+    assert grad_hidden[::7].abs().max() == 0  # ignored positions get no gradient
+
+
+def test_without_gradients_gives_the_same_loss():
+    hidden, weight, targets = _problem()
+    with torch.no_grad():
+        torch.testing.assert_close(cross_entropy_sum(hidden, weight, targets, 64), _reference(hidden, weight, targets))
+
+
+def test_tied_weight_adds_both_uses():
+    """The embedding and the output projection share a weight: both gradients land on it."""
+    hidden, weight, targets = _problem()
+    ids = torch.randint(0, weight.shape[0], (len(targets),), generator=torch.Generator().manual_seed(1))
+
+    def tied(loss_fn):
+        w = weight.clone().requires_grad_()
+        (loss_fn(F.embedding(ids, w) + hidden, w, targets) / len(targets)).backward()
+        return w.grad
+
+    torch.testing.assert_close(tied(lambda h, w, t: cross_entropy_sum(h, w, t, 64)), tied(_reference),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_autocast_bf16_tracks_fp32_and_keeps_parameter_dtypes():
+    problem = _problem()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grad_hidden, grad_weight = _grads(lambda h, w, t: cross_entropy_sum(h, w, t, 64), *problem)
+    ref_loss, ref_hidden, ref_weight = _grads(_reference, *problem)
+    assert grad_hidden.dtype == grad_weight.dtype == torch.float32
+    assert abs(loss.item() / ref_loss.item() - 1) < 5e-3
+    torch.testing.assert_close(grad_weight, ref_weight, rtol=0.05, atol=2e-4)
+    torch.testing.assert_close(grad_hidden, ref_hidden, rtol=0.05, atol=2e-4)
+
+
+def test_bf16_parameters_without_autocast_get_bf16_gradients():
+    """FSDP's mixed precision hands the loss bf16 weights and hidden states."""
+    hidden, weight, targets = (x.bfloat16() if x.is_floating_point() else x for x in _problem())
+    _, grad_hidden, grad_weight = _grads(lambda h, w, t: cross_entropy_sum(h, w, t, 64), hidden, weight, targets)
+    _, ref_hidden, ref_weight = _grads(_reference, hidden.float(), weight.float(), targets)
+    assert grad_hidden.dtype == grad_weight.dtype == torch.bfloat16
+    torch.testing.assert_close(grad_weight.float(), ref_weight, rtol=0.05, atol=2e-4)
