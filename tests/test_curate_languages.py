@@ -1,5 +1,7 @@
 """De-duplication within each language (Llama 3 §3.1.1, multilingual data): MinHash and line counts per language."""
 
+import shutil
+
 from curate_corpus import recipe, stdlib_texts, write_jsonl
 from pasture.data.curate import run_curation
 from pasture.data.documents import iter_documents
@@ -97,3 +99,45 @@ def test_line_dedup_counts_a_line_within_its_language(tmp_path):
             if footer in text:
                 with_footer[doc_id[:2]] = with_footer.get(doc_id[:2], 0) + 1
         assert with_footer == footers_kept
+
+
+def test_line_buckets_count_documents_of_one_language(tmp_path):
+    """Buckets of bucket_docs=10 documents per language: a minority language's footer is counted in its own
+    bucket, not spread over buckets sized by every language; first ordinals carry across shards, and a
+    document removed by MinHash is not counted."""
+    footer = "Suivez-nous sur Facebook et Twitter pour ne rien manquer de nos articles."  # all 7 French docs
+    share = "Share this article with your friends and colleagues."  # English docs 7 and 9-15
+    english = stdlib_texts(17, chars=600)
+    texts = {f"en{i}": english[i] + (f"\n{share}" if i == 7 or 9 <= i <= 15 else "") for i in range(17)}
+    pairs = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0), (0, 2), (1, 3)]
+    texts.update({f"fr{i}": f"{FRENCH[a]}\n{FRENCH[b]}\n{footer}" for i, (a, b) in enumerate(pairs)})
+    texts["en2_copy"] = texts["en2"]
+    shards = [["en0", "en1", "fr0", "en2", "en2_copy", "en3", "fr1", "en4", "en5", "fr2", "en6", "en7"],
+              [*(f"en{i}" for i in range(8, 17)), "fr3", "fr4", "fr5", "fr6"]]
+    for n, ids in enumerate(shards):
+        write_jsonl(tmp_path / f"s{n}.jsonl", [{"id": i, "text": texts[i]} for i in ids])
+    inputs = [str(tmp_path / f"s{n}.jsonl") for n in range(2)]
+    # Per language: en-b0 = en0-en9 (share 2x), en-b1 = en10-en16 (share 6x), fr-b0 = fr0-fr6 (footer 7x: removed).
+    # Counting all languages together (en2_copy, removed by MinHash, not counted), bucket 1 holds en7-en16, so
+    # share is seen 8 times there and removed, and the footer is split 3 + 4 and kept: 8 lines removed, as
+    # per_language=true also removed before its buckets were per language. Counting en2_copy would give 14.
+    for per_language, removed, frequent, footers, shares in ((True, 7, 1, 0, 8), (False, 8, 1, 7, 0)):
+        out = tmp_path / f"out-{per_language}"
+        stats = run_curation(recipe(inputs, out, url_dedup={"enabled": False},
+                                    line_dedup={"bucket_docs": 10, "per_language": per_language}))
+        assert stats["stages"]["minhash"]["removed"] == {"near_duplicate": 1}
+        line_stats = stats["stages"]["line_dedup"]
+        assert (line_stats["lines_removed"], line_stats["frequent_lines"]) == (removed, frequent)
+        assert line_stats["buckets"] == 3  # en-b0, en-b1, fr-b0 / b0-b2 of 24 documents
+        kept = {d.id: d for d in iter_documents(out / "data")}
+        assert len(kept) == 24 and "en2_copy" not in kept
+        assert sum(footer in d.text for d in kept.values()) == footers
+        assert sum(share in d.text for d in kept.values()) == shares
+        if per_language:
+            assert all(d.meta["language"] == i[:2] for i, d in kept.items())
+            shutil.rmtree(out / "_work" / "done" / "filter")  # resume: the filter pass finds the same buckets
+            again = run_curation(recipe(inputs, out, url_dedup={"enabled": False},
+                                        line_dedup={"bucket_docs": 10, "per_language": per_language}))
+            assert again["stages"]["line_dedup"] == line_stats | {"seconds": again["stages"]["line_dedup"]["seconds"]}
+            assert sorted(p.name for p in (out / "_work" / "lines" / "frequent").iterdir()) == [
+                "en-b00000-r000.npy", "en-b00001-r000.npy", "fr-b00000-r000.npy"]

@@ -9,7 +9,8 @@ Phases, each a set of tasks run by the engine (local processes or Ray):
 4. minhash_cluster (rounds of per-partition tasks, then per shard): connected components
    by min-label propagation over hash-partitioned edges; smallest doc key of a cluster is kept.
 5. line_count (per shard) and line_merge (per bucket x hash range): lines seen more
-   than `max_count` times within a bucket of `bucket_docs` documents.
+   than `max_count` times within a bucket of `bucket_docs` documents (of one language
+   when line de-duplication is per language).
 6. filter (per shard): apply the removals and line dedup, then the per-document
    stages of `pasture.data.filters`; write the output and the rejects.
 7. mix: `pasture.data.mix.write_mix` over the output, when `[mix]` is enabled.
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -127,6 +129,7 @@ def ingest_shard(task: dict[str, Any]) -> dict[str, Any]:
     language_model = config.filters.get("language", {}).get("model")  # the [language] stage's model, if it names one
     pending_languages: list[str] | None = [] if config.minhash.per_language else None
     languages: dict[str, int] = {}
+    doc_languages: list[str] = []  # by position, for per-language line buckets
     writer = DocumentWriter(work / "ingest" / f"{shard_name(shard)}.jsonl.zst")
     started = time.perf_counter()
     extract_seconds = 0.0
@@ -175,6 +178,7 @@ def ingest_shard(task: dict[str, Any]) -> dict[str, Any]:
                 language, score = identify_language(doc.text, language_model)
                 doc.meta["language"], doc.meta["language_score"] = language, round(score, 4)
                 languages[language] = languages.get(language, 0) + 1
+                doc_languages.append(language)
             writer.write(doc)
             if config.minhash.enabled:
                 pending_texts.append(doc.text)
@@ -198,6 +202,9 @@ def ingest_shard(task: dict[str, Any]) -> dict[str, Any]:
     if config.minhash.enabled:
         keys = np.concatenate(band_keys) if band_keys else np.empty((0, config.minhash.bands), dtype=np.uint64)
         _save_npy(work / "minhash" / "sig" / f"{shard_name(shard)}.npy", keys)
+    if _line_buckets_per_language(config):
+        names, index = np.unique(np.array(doc_languages, dtype=str), return_inverse=True)
+        _save_npz(_line_languages_path(config, shard), names=names, index=index.astype(np.int32))
     stats.add("extract", "seconds", extract_seconds)
     stats.add("read", "seconds", time.perf_counter() - started - extract_seconds)
     return {"docs": writer.count, "stats": stats.to_dict(), "languages": languages}
@@ -406,7 +413,61 @@ def line_hashes(lines: list[str], language: str | None = None) -> np.ndarray:
 
 
 def _line_language(config: CurateConfig, doc: Document) -> str | None:
+    """The language a document's lines are hashed and bucketed in: the one identified at ingest
+    (the [language] stage may retag later), or None when line de-duplication ignores language."""
     return doc.meta["language"] if config.line_dedup.per_language else None
+
+
+def _line_buckets_per_language(config: CurateConfig) -> bool:
+    return config.line_dedup.enabled and config.line_dedup.per_language
+
+
+def _line_languages_path(config: CurateConfig, shard: int) -> Path:
+    return _work(config) / "lines" / "languages" / f"{shard_name(shard)}.npz"
+
+
+def _surviving_counts(config: CurateConfig, shard: int, docs: int) -> dict[str | None, int]:
+    """Documents of one shard that survive URL and MinHash de-duplication, per line-bucket language.
+
+    The key is None when buckets count every language together, else the language identified at ingest.
+    """
+    removed = [key for key, _ in _load_removals(config, shard).values()]
+    if not _line_buckets_per_language(config):
+        return {None: docs - sum(len(key) for key in removed)}
+    path = _line_languages_path(config, shard)
+    if not path.exists():
+        raise PastureError(f"{path} is missing: this run's ingest predates per-language line buckets; "
+                           f"delete {_work(config)} and run again")
+    with np.load(path) as f:
+        names, index = f["names"], f["index"]
+    alive = np.ones(len(index), dtype=bool)
+    for key in removed:
+        alive[key & ((1 << SHARD_BITS) - 1)] = False
+    counts = np.bincount(index[alive], minlength=len(names))
+    return {str(name): int(count) for name, count in zip(names, counts)}
+
+
+def _first_ordinals(counts: list[dict[str | None, int]]) -> list[dict[str | None, int]]:
+    """Per shard, the ordinal of its first surviving document in each bucket language, counting shards in order."""
+    running = {language: 0 for shard_counts in counts for language in shard_counts}
+    firsts = []
+    for shard_counts in counts:
+        firsts.append(dict(running))
+        for language, count in shard_counts.items():
+            running[language] += count
+    return firsts
+
+
+def _next_line_bucket(config: CurateConfig, ordinals: dict[str | None, int], language: str | None) -> str:
+    """The bucket name of the next surviving document of `language` (None: of any), counting it in `ordinals`.
+
+    Llama 3 counts lines within buckets of `bucket_docs` documents; per language, those are documents of
+    that language only, so a small language's lines are not spread over buckets sized by the big ones.
+    """
+    ordinal = ordinals[language]
+    ordinals[language] = ordinal + 1
+    bucket = f"b{ordinal // config.line_dedup.bucket_docs:05d}"
+    return bucket if language is None else f"{quote(language, safe='')}-{bucket}"
 
 
 def _surviving_docs(config: CurateConfig, shard: int,
@@ -426,15 +487,15 @@ def _surviving_docs(config: CurateConfig, shard: int,
 def line_count_shard(task: dict[str, Any]) -> dict[str, Any]:
     """Count line hashes per bucket over the documents of one shard that survive de-duplication."""
     config: CurateConfig = task["config"]
-    shard, ordinal = task["shard"], task["first_ordinal"]
+    shard, ordinals = task["shard"], dict(task["first_ordinals"])
     started = time.perf_counter()
-    per_bucket: dict[int, list[np.ndarray]] = {}
+    per_bucket: dict[str, list[np.ndarray]] = {}
     for _, doc, removed_by, _ in _surviving_docs(config, shard, _load_removals(config, shard)):
         if removed_by:
             continue
-        h = line_hashes(doc.text.split("\n"), _line_language(config, doc))
-        per_bucket.setdefault(ordinal // config.line_dedup.bucket_docs, []).append(h[h != 0])
-        ordinal += 1
+        language = _line_language(config, doc)
+        h = line_hashes(doc.text.split("\n"), language)
+        per_bucket.setdefault(_next_line_bucket(config, ordinals, language), []).append(h[h != 0])
     arrays = {}
     for bucket, parts in per_bucket.items():
         hashes, counts = np.unique(np.concatenate(parts), return_counts=True)
@@ -460,13 +521,18 @@ def line_merge(task: dict[str, Any]) -> dict[str, Any]:
     unique, inverse = np.unique(h, return_inverse=True)
     totals = np.bincount(inverse, weights=c, minlength=len(unique)) if len(h) else np.empty(0)
     frequent = unique[totals > config.line_dedup.max_count]
-    _save_npy(_work(config) / "lines" / "frequent" / f"b{bucket:05d}-r{part:03d}.npy", frequent)
+    _save_npy(_frequent_path(config, bucket, part), frequent)
     return {"frequent_lines": int(len(frequent))}
 
 
-def _frequent_lines(config: CurateConfig, bucket: int) -> np.ndarray:
-    files = sorted((_work(config) / "lines" / "frequent").glob(f"b{bucket:05d}-r*.npy"))
-    return np.sort(np.concatenate([np.load(f) for f in files])) if files else np.empty(0, np.uint64)
+def _frequent_path(config: CurateConfig, bucket: str, part: int) -> Path:
+    return _work(config) / "lines" / "frequent" / f"{bucket}-r{part:03d}.npy"
+
+
+def _frequent_lines(config: CurateConfig, bucket: str) -> np.ndarray:
+    """The sorted hashes of the lines to remove in one bucket, over all its hash ranges."""
+    parts = [np.load(_frequent_path(config, bucket, part)) for part in range(config.line_dedup.hash_ranges)]
+    return np.sort(np.concatenate(parts))
 
 
 # ---------------------------------------------------------------- 6. filter and write
@@ -489,13 +555,13 @@ def build_stages(filters: dict[str, dict[str, Any]], registry: dict[str, type] |
 def filter_shard(task: dict[str, Any]) -> dict[str, Any]:
     """Apply the de-duplication decisions and the per-document stages to one shard; write output and rejects."""
     config: CurateConfig = task["config"]
-    shard, ordinal = task["shard"], task["first_ordinal"]
+    shard, ordinals = task["shard"], dict(task["first_ordinals"])
     stages = task["stages"]
     out = Path(config.output.dir)
     stats = StageStats()
     rejects = _Rejects(out, shard, config.output.write_rejects, config.output.format)
     writers: list[DocumentWriter] = []
-    frequent_by_bucket: dict[int, np.ndarray] = {}
+    frequent_by_language: dict[str | None, tuple[str, np.ndarray]] = {}  # the current bucket of each language
     stage_seconds: dict[str, float] = {}
     dedup_stages = [name for name in DEDUP_REASONS if getattr(config, name).enabled]
     kept_languages: dict[str, int] = {}
@@ -513,13 +579,13 @@ def filter_shard(task: dict[str, Any]) -> dict[str, Any]:
                 continue
             if config.line_dedup.enabled:
                 t0 = time.perf_counter()
-                bucket = ordinal // config.line_dedup.bucket_docs
-                ordinal += 1
-                if bucket not in frequent_by_bucket:
-                    frequent_by_bucket = {bucket: _frequent_lines(config, bucket)}
-                frequent = frequent_by_bucket[bucket]
+                line_language = _line_language(config, doc)
+                bucket = _next_line_bucket(config, ordinals, line_language)
+                if frequent_by_language.get(line_language, ("",))[0] != bucket:
+                    frequent_by_language[line_language] = (bucket, _frequent_lines(config, bucket))
+                frequent = frequent_by_language[line_language][1]
                 lines = doc.text.split("\n")
-                h = line_hashes(lines, _line_language(config, doc))
+                h = line_hashes(lines, line_language)
                 i = np.minimum(np.searchsorted(frequent, h), max(len(frequent) - 1, 0))
                 drop = (h != 0) & (frequent[i] == h) if len(frequent) else np.zeros(len(h), dtype=bool)
                 if drop.any():
@@ -670,21 +736,17 @@ def run_curation(recipe: dict[str, Any] | CurateConfig, registry: dict[str, type
             global_counts["minhash"] = {"seconds": phases["minhash_buckets"] + phases["minhash_cluster"],
                                         "candidate_pairs": pairs, "clusters": cluster["clusters"],
                                         "cluster_rounds": cluster["rounds"]}
-        removed_per_shard = [0] * n
-        for i in range(n):
-            removed_per_shard[i] = sum(len(k) for k, _ in _load_removals(config, i).values())
-        survivors = [docs_per_shard[i] - removed_per_shard[i] for i in range(n)]
-        first_ordinal = np.r_[0, np.cumsum(survivors)[:-1]].astype(int).tolist() if n else []
+        first_ordinals = _first_ordinals([_surviving_counts(config, i, docs_per_shard[i]) for i in range(n)])
         if config.line_dedup.enabled:
             counted = phase("line_count", line_count_shard,
-                            {shard_name(i): {"config": config, "shard": i, "first_ordinal": first_ordinal[i]}
+                            {shard_name(i): {"config": config, "shard": i, "first_ordinals": first_ordinals[i]}
                              for i in range(n)})
-            shards_of_bucket: dict[int, list[int]] = {}
+            shards_of_bucket: dict[str, list[int]] = {}
             for i in range(n):
                 for bucket in counted[shard_name(i)]["buckets"]:
                     shards_of_bucket.setdefault(bucket, []).append(i)
             merged = phase("line_merge", line_merge,
-                           {f"b{b:05d}-r{r:03d}": {"config": config, "bucket": b, "range": r, "shard_list": s}
+                           {f"{b}-r{r:03d}": {"config": config, "bucket": b, "range": r, "shard_list": s}
                             for b, s in sorted(shards_of_bucket.items())
                             for r in range(config.line_dedup.hash_ranges)})
             global_counts["line_dedup"] = {
@@ -695,7 +757,7 @@ def run_curation(recipe: dict[str, Any] | CurateConfig, registry: dict[str, type
         _fit_stages(config, stages, n)
         phases["fit"] = time.perf_counter() - t0
         filtered = phase("filter", filter_shard,
-                         {shard_name(i): {"config": config, "shard": i, "first_ordinal": first_ordinal[i],
+                         {shard_name(i): {"config": config, "shard": i, "first_ordinals": first_ordinals[i],
                                           "stages": stages} for i in range(n)})
     finally:
         engine.close()

@@ -72,7 +72,7 @@ class LineDedupConfig:
     bucket_docs: int = 30_000_000
     max_count: int = 6  # a line seen more often than this within a bucket is removed
     hash_ranges: int = 1
-    per_language: bool = False  # count a line separately in each language (fastText language ID at ingest)
+    per_language: bool = False  # lines counted per language, in buckets of its documents (fastText ID at ingest)
 
 
 @dataclass

@@ -105,6 +105,15 @@ def _read_texts(paths: Sequence[str | Path] | str | Path, label: str, max_docs: 
     return docs
 
 
+def _evaluate(table: np.ndarray, bias: np.ndarray, examples: list[tuple[np.ndarray, int]]) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of a collapsed model on (feature ids, label) examples."""
+    logits = np.stack([bias + (table[x].mean(axis=0) if len(x) else 0.0) for x, _ in examples])
+    y = np.array([y for _, y in examples])
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(np.mean(logits.argmax(axis=1) == y)), float(-log_p[np.arange(len(y)), y].mean())
+
+
 def train_text_classifier(
     docs_by_label: Mapping[str, Sequence[Sequence[str]]],
     epochs: int = 5,
@@ -115,8 +124,15 @@ def train_text_classifier(
     valid_fraction: float = 0.1,
     seed: int = 0,
     max_words: int = 20_000,
+    patience: int = 3,
 ) -> TextClassifier:
-    """Train on lowercased word lists per label; held-out accuracy goes in `.metrics`."""
+    """Train on lowercased word lists per label; held-out accuracy goes in `.metrics`.
+
+    A few hundred documents are memorised in a couple of epochs (train accuracy 1.0) and noisy labels
+    are learned with them, so after each epoch the held-out split is scored and the epoch with the best
+    accuracy (ties: lower loss) is kept, as fastText's autotune picks by the validation score; training
+    stops after `patience` epochs without improvement. `patience=0` trains every epoch and keeps the last.
+    """
     import torch
 
     if len(docs_by_label) < 2:
@@ -125,6 +141,8 @@ def train_text_classifier(
         raise ClassifierError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
     if epochs < 1 or dim < 1 or buckets < 2 or lr <= 0 or batch_size < 1:
         raise ClassifierError("epochs, dim, batch_size must be >= 1, buckets >= 2 and lr > 0")
+    if patience < 0:
+        raise ClassifierError(f"patience must be >= 0 (0: no early stopping), got {patience}")
     labels = list(docs_by_label)
     rng = np.random.default_rng(seed)
     train, valid = [], []
@@ -150,7 +168,8 @@ def train_text_classifier(
 
     start = time.perf_counter()
     train = [(x, y) for x, y in train if len(x)]
-    for _ in range(epochs):
+    best: tuple[tuple[float, float], int, np.ndarray, np.ndarray] | None = None  # (rank, epoch, table, bias)
+    for epoch in range(1, epochs + 1):
         for i in range(0, len(train), batch_size):
             batch = train[i : i + batch_size]
             loss = torch.nn.functional.cross_entropy(batch_logits(batch), torch.tensor([y for _, y in batch]))
@@ -160,24 +179,29 @@ def train_text_classifier(
             for opt in optimizers:
                 opt.step()
         train = [train[i] for i in rng.permutation(len(train))]
-
-    with torch.no_grad():
-        table = (embedding.weight @ output.weight.T).numpy()
-        bias = output.bias.numpy().copy()
+        with torch.no_grad():
+            table = (embedding.weight @ output.weight.T).numpy()
+            bias = output.bias.numpy().copy()
+        valid_accuracy, valid_loss = _evaluate(table, bias, valid)
+        rank = (-valid_accuracy, valid_loss)
+        if best is None or patience == 0 or rank < best[0]:
+            best = (rank, epoch, table, bias)
+        elif epoch - best[1] >= patience:
+            break
+    (negative_accuracy, valid_loss), best_epoch, table, bias = best
     model = TextClassifier(table, bias, labels, max_words)
-
-    def accuracy(examples: list[tuple[np.ndarray, int]]) -> float:
-        logits = np.stack([model.bias + (model.table[x].mean(axis=0) if len(x) else 0.0) for x, _ in examples])
-        return float(np.mean(logits.argmax(axis=1) == np.array([y for _, y in examples])))
-
     model.metrics = {
         "labels": labels,
         "train_docs": len(train),
         "valid_docs": len(valid),
         "docs_per_label": {label: len(docs_by_label[label]) for label in labels},
-        "train_accuracy": round(accuracy(train), 4),
-        "valid_accuracy": round(accuracy(valid), 4),
+        "train_accuracy": round(_evaluate(table, bias, train)[0], 4),
+        "valid_accuracy": round(-negative_accuracy, 4),
+        "valid_loss": round(valid_loss, 4),
         "epochs": epochs,
+        "epochs_trained": epoch,
+        "best_epoch": best_epoch,
+        "patience": patience,
         "dim": dim,
         "buckets": buckets,
         "train_seconds": round(time.perf_counter() - start, 2),
@@ -248,17 +272,23 @@ def train_quality_cli(argv: list[str]) -> int:
     parser.add_argument("--teacher-fraction", type=float, default=0.3,
                         help="share of documents labelled high (lowest loss) and low (highest loss) each")
     parser.add_argument("--out", required=True, help="model directory to write")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=5, help="most passes over the training documents")
+    parser.add_argument("--patience", type=int, default=3,
+                        help="early stopping: keep the epoch with the best held-out accuracy (ties: lower loss), "
+                        "and stop after this many epochs without improvement; 0 trains every epoch and keeps the "
+                        "last (small or noisy training sets are memorised within a few epochs)")
     parser.add_argument("--dim", type=int, default=16, help="embedding size")
     parser.add_argument("--buckets", type=int, default=2**18, help="hash buckets for word uni+bigrams")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--valid-fraction", type=float, default=0.1, help="share of each label held out for accuracy")
+    parser.add_argument("--valid-fraction", type=float, default=0.1,
+                        help="share of each label held out to pick the epoch (see --patience) and report accuracy")
     parser.add_argument("--max-docs", type=int, default=None, help="read at most this many documents per label")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     options = dict(max_docs=args.max_docs, epochs=args.epochs, dim=args.dim, buckets=args.buckets, lr=args.lr,
-                   batch_size=args.batch_size, valid_fraction=args.valid_fraction, seed=args.seed)
+                   batch_size=args.batch_size, valid_fraction=args.valid_fraction, seed=args.seed,
+                   patience=args.patience)
     if args.teacher:
         if not args.unlabeled or args.positive or args.negative:
             parser.error("--teacher needs --unlabeled DOCS and no --positive/--negative")
