@@ -42,12 +42,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 rows = hidden[start:start + chunk_tokens].to(matmul_dtype)
                 chunk_targets = targets[start:start + chunk_tokens]
                 logits = (rows @ matmul_weight.T).float()
-                total += _chunk_loss_sum(logits, chunk_targets)
-                # d loss / d logits = softmax - one_hot(target), zero on ignored rows
-                grad_logits = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True)).exp_()
-                picked = torch.arange(len(chunk_targets), device=grad_logits.device)
-                grad_logits[picked, chunk_targets.clamp_min(0)] -= 1
-                grad_logits *= (chunk_targets != IGNORE_INDEX).unsqueeze(1)
+                valid = chunk_targets != IGNORE_INDEX
+                safe_targets = chunk_targets.clamp_min(0).unsqueeze(1)
+                target_logits = logits.gather(1, safe_targets).squeeze(1)
+                # one pass of exp gives both the log-sum-exp and the softmax, in place
+                peak = logits.amax(dim=-1, keepdim=True)
+                grad_logits = logits.sub_(peak).exp_()
+                norm = grad_logits.sum(dim=-1, keepdim=True)
+                log_sum_exp = (peak + norm.log()).squeeze(1)
+                total += torch.where(valid, log_sum_exp - target_logits, 0.0).sum()
+                # d loss / d logits = softmax - one_hot(target); ignored rows divide by inf to 0
+                grad_logits.div_(norm.masked_fill_(~valid.unsqueeze(1), float("inf")))
+                grad_logits.scatter_add_(1, safe_targets, -valid.unsqueeze(1).to(grad_logits.dtype))
                 grad_logits = grad_logits.to(matmul_dtype)
                 grad_hidden[start:start + chunk_tokens] = grad_logits @ matmul_weight
                 grad_weight += grad_logits.T @ rows
