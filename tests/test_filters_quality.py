@@ -31,7 +31,9 @@ def stdlib_docstrings(min_words=25):
     for name in MODULES:
         module = importlib.import_module(name)
         for _, obj in inspect.getmembers(module):
-            doc = inspect.getdoc(obj) if (inspect.isfunction(obj) or inspect.isclass(obj)) else None
+            # only what the module itself defines: its other attributes depend on what else was imported
+            defined_here = (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == name
+            doc = inspect.getdoc(obj) if defined_here else None
             if doc and len(doc.split()) >= min_words and doc not in texts:
                 texts.append(doc)
     return texts
@@ -109,9 +111,9 @@ def test_early_stopping_keeps_the_best_held_out_epoch_on_noisy_labels(corpus):
     assert (last.metrics["best_epoch"], last.metrics["epochs_trained"]) == (10, 10)
     assert best.metrics["best_epoch"] <= 3 and best.metrics["epochs_trained"] == best.metrics["best_epoch"] + 3
     assert last.metrics["train_accuracy"] > 0.99 and best.metrics["train_accuracy"] < 0.9
-    assert best.metrics["valid_accuracy"] > last.metrics["valid_accuracy"]  # measured 0.78-0.82 vs 0.73-0.77
-    assert best.metrics["valid_loss"] < 0.6 < last.metrics["valid_loss"]  # measured 0.50 vs 0.94-1.07
-    assert clean_accuracy(best) >= 0.93 and clean_accuracy(best) >= clean_accuracy(last) + 0.04  # 0.97 vs 0.85-0.89
+    assert best.metrics["valid_accuracy"] > last.metrics["valid_accuracy"]  # measured 0.75 vs 0.68
+    assert best.metrics["valid_loss"] < 0.7 < last.metrics["valid_loss"]  # measured 0.61 vs 1.38
+    assert clean_accuracy(best) >= 0.93 and clean_accuracy(best) >= clean_accuracy(last) + 0.04  # 0.965 vs 0.875
     # the kept model is exactly the one that many epochs of training give
     again = train_text_classifier(noisy, epochs=best.metrics["best_epoch"], patience=0, **kwargs)
     assert np.array_equal(again.table, best.table) and np.array_equal(again.bias, best.bias)
