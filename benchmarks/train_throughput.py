@@ -5,8 +5,9 @@
         (a CPU run of the same harness at a small shape: checks it end to end without a GPU)
 
 Runs, one after the other in one process, each timed over the same steps of random tokens:
-- pasture: bf16 autocast over fp32 weights, torch.compile per block, chunked cross-entropy,
-  SDPA (cuDNN/flash picked by torch) or FlexAttention with a document mask, fused AdamW;
+- pasture: bf16 autocast over fp32 weights, torch.compile per block, chunked cross-entropy with
+  gradients in the forward (its elementwise work compiled), SDPA (cuDNN/flash picked by torch) or
+  FlexAttention with a document mask, fused AdamW;
 - pasture + float8 (`train.float8`'s conversion: torchao rowwise and tensorwise linear layers
   in the blocks), when torchao is installed and the GPU has float8 (compute capability >= 8.9),
   or on CPU as a check;
@@ -122,7 +123,7 @@ def pasture_step(config, batch: int, seq: int, document_mask: bool, compile_bloc
 
     def loss():
         hidden = model(inputs, doc_ids, return_hidden=True)
-        return cross_entropy_sum(hidden, model.output.weight, targets) / targets.numel()
+        return cross_entropy_sum(hidden, model.output.weight, targets, compiled=compile_blocks) / targets.numel()
 
     return training_step(loss, optimizer)
 

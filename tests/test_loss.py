@@ -77,3 +77,12 @@ def test_bf16_parameters_without_autocast_get_bf16_gradients():
     _, ref_hidden, ref_weight = _grads(_reference, hidden.float(), weight.float(), targets)
     assert grad_hidden.dtype == grad_weight.dtype == torch.bfloat16
     torch.testing.assert_close(grad_weight.float(), ref_weight, rtol=0.05, atol=2e-4)
+
+
+def test_compiled_chunk_work_equals_eager():
+    """`train.compile` fuses the elementwise work on each chunk's logits with torch.compile."""
+    problem = _problem()
+    eager = _grads(lambda h, w, t: cross_entropy_sum(h, w, t, 128), *problem)
+    compiled = _grads(lambda h, w, t: cross_entropy_sum(h, w, t, 128, compiled=True), *problem)
+    for got, want in zip(compiled, eager):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -61,7 +61,7 @@ def test_loss_falls_and_validation_reports_bits_per_byte(token_data, tmp_path):
 
 
 def test_compiled_blocks_train_like_eager(token_data, tmp_path):
-    """train.compile=true compiles each block with inductor (CPU code here): same losses."""
+    """train.compile=true compiles each block and the loss's chunk work with inductor (CPU code here): same losses."""
     common = ("train.steps=4", "log.every=1", "checkpoint.every=100", "train.threads=2")
     run_recipe(recipe_args(token_data, tmp_path / "eager", *common))
     run_recipe(recipe_args(token_data, tmp_path / "compiled", *common, "train.compile=true"))

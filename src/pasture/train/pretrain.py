@@ -77,7 +77,7 @@ class TrainSection:
     anneal_steps: int = 0  # final steps: learning rate linearly to 0 on the anneal data
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
-    compile: bool = False  # torch.compile each transformer block
+    compile: bool = False  # torch.compile each transformer block and the loss's elementwise work
     float8: str = "none"  # none | tensorwise | rowwise: torchao float8 matmuls in the blocks (H100+; pasture[float8])
     document_mask: bool = True
     loss_chunk_tokens: int = 8192  # the loss projects this many tokens to the vocabulary at a time
@@ -336,13 +336,14 @@ class _Parallelism:
     context_parallel: parallel.ContextParallel | None = None
     tp: bool = False
     loss_chunk_tokens: int = 8192
+    compile_loss: bool = False  # torch.compile the chunked loss's elementwise work (`train.compile`)
     float8_all_gather: bool = False  # FSDP gathers float8 weights, whose scales follow every weight change
 
     def loss_sum(self, model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of one micro-batch (vocabulary-parallel under TP)."""
         if self.tp:
             return parallel.vocab_parallel_loss_sum(model.output, hidden, targets, self.loss_chunk_tokens)
-        return cross_entropy_sum(hidden, model.output.weight, targets, self.loss_chunk_tokens)
+        return cross_entropy_sum(hidden, model.output.weight, targets, self.loss_chunk_tokens, self.compile_loss)
 
     def loss_context(self):
         """Where the loss and its backward run: vocabulary-parallel under TP."""
@@ -528,7 +529,7 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
             for layer in model.layers:
                 layer.compile()
         par = _single_process(model)
-    par.loss_chunk_tokens = t.loss_chunk_tokens
+    par.loss_chunk_tokens, par.compile_loss = t.loss_chunk_tokens, t.compile
     if rank == 0:
         how = f"{layout.describe()}{', FSDP2' if layout.fsdp else ''}" if distributed else "one process"
         log(f"{num_params(config):,} parameters on {device.type}: {how}")
