@@ -86,3 +86,34 @@ def test_compiled_chunk_work_equals_eager():
     compiled = _grads(lambda h, w, t: cross_entropy_sum(h, w, t, 128, compiled=True), *problem)
     for got, want in zip(compiled, eager):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _vocab_parallel_rank(rank: int, world: int, init_file: str, results: dict) -> None:
+    import torch.distributed as dist
+
+    from pasture.train.loss import vocab_parallel_cross_entropy_sum
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    hidden, weight, targets = _problem()
+    rows = weight.shape[0] // world
+    h = hidden.clone().requires_grad_()
+    shard = weight[rank * rows:(rank + 1) * rows].clone().requires_grad_()
+    loss = vocab_parallel_cross_entropy_sum(h, shard, targets, rank * rows, dist.group.WORLD, chunk_tokens=64)
+    (loss / len(targets)).backward()
+    results[rank] = (loss.detach(), h.grad, shard.grad)
+    dist.destroy_process_group()
+
+
+def test_vocabulary_parallel_loss_on_two_ranks_equals_one_device(tmp_path):
+    """Tensor parallelism: each rank holds half the vocabulary's rows of the output weight."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_vocab_parallel_rank, args=(2, str(tmp_path / "init"), results), nprocs=2)
+        results = dict(results)
+    ref_loss, ref_hidden, ref_weight = _grads(_reference, *_problem())
+    for rank, (loss, grad_hidden, grad_shard) in results.items():
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-3)
+        torch.testing.assert_close(grad_hidden, ref_hidden, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(grad_shard, ref_weight[rank * 250:(rank + 1) * 250], rtol=1e-5, atol=1e-7)

@@ -112,7 +112,7 @@ def test_torchrun_with_one_process_takes_the_fsdp_path_and_matches(token_data, t
 
 def test_tensor_parallel_two_ranks_matches_one_process(token_data, tmp_path):
     init = initial_weights(tmp_path / "init", tied=False)
-    # a small loss chunk: the vocabulary-parallel loss runs 4 checkpointed chunks per micro-batch
+    # a small loss chunk: the vocabulary-parallel loss runs 4 chunks per micro-batch
     extra = [*UNTIED, "parallel.tp=2", "parallel.dp_shard=1", "eval.every=2", "train.loss_chunk_tokens=32"]
     one_process(recipe_args(token_data, tmp_path / "one", init, *UNTIED, "eval.every=2"))
     run_distributed(2, recipe_args(token_data, tmp_path / "tp", init, *extra))

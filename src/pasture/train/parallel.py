@@ -239,7 +239,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
 
     Activations between blocks stay sharded along the sequence (Shard(1)); each block
     gathers them before its q/k/v and w1/w3 projections and reduce-scatters after wo/w2.
-    The output projection leaves logits sharded over the vocabulary for `loss_parallel`.
+    The output projection's weight is sharded over the vocabulary for `vocab_parallel_loss_sum`.
     """
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
@@ -280,36 +280,23 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
         block.attention.n_kv_heads //= tp
 
 
-def _vocab_parallel_chunk_loss(output: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    from pasture.train.loss import IGNORE_INDEX
-
-    logits = output(hidden).float()
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), ignore_index=IGNORE_INDEX, reduction="sum")
-
-
 def vocab_parallel_loss_sum(output: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
                             chunk_tokens: int = 8192) -> torch.Tensor:
-    """Summed cross-entropy with logits sharded over the vocabulary (TP): no rank holds full
-    logits. Like the one-device loss, rows go through in chunks of about `chunk_tokens`
-    under activation checkpointing, so no rank keeps a micro-batch's fp32 logits either.
-    Call it, and the backward through it, inside `loss_parallel()`."""
+    """Summed cross-entropy with the output projection sharded over the vocabulary (TP): each
+    rank projects the whole sequence onto its slice of the vocabulary, chunk by chunk, and
+    the softmax's maxima and sums are all-reduced, so no rank holds full logits
+    (`loss.vocab_parallel_cross_entropy_sum`). The same value on every rank of the TP group."""
     from torch.distributed.tensor import DTensor, Replicate
-    from torch.utils.checkpoint import checkpoint
 
-    if isinstance(hidden, DTensor):  # sequence-parallel: gather the sequence once, then slice it
-        hidden = hidden.redistribute(placements=[Replicate()] * hidden.device_mesh.ndim)
-    batch, seq_len = targets.shape
-    step = max(1, chunk_tokens // batch)
-    if seq_len <= step:
-        return _vocab_parallel_chunk_loss(output, hidden, targets)
-    total = None
-    for start in range(0, seq_len, step):
-        chunk = checkpoint(_vocab_parallel_chunk_loss, output, hidden[:, start:start + step],
-                           targets[:, start:start + step], use_reentrant=False)
-        total = chunk if total is None else total + chunk
-    return total
+    from pasture.train.loss import vocab_parallel_cross_entropy_sum
+
+    if isinstance(hidden, DTensor):  # sequence-parallel: gather the sequence once
+        hidden = hidden.redistribute(placements=[Replicate()] * hidden.device_mesh.ndim).to_local()
+    weight = output.weight  # DTensor, Shard(0) on the TP mesh
+    shard = weight.to_local()
+    mesh = weight.device_mesh
+    return vocab_parallel_cross_entropy_sum(hidden, shard, targets, mesh.get_local_rank() * shard.shape[0],
+                                            mesh.get_group(), chunk_tokens)
 
 
 # ---------------------------------------------------------------- context parallel

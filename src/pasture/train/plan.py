@@ -9,8 +9,8 @@ the most micro-batches in flight):
   prefetched) when FSDP reshards after forward, every block of the stage when it does
   not, plus the embedding and output projection (kept gathered: the loss uses them),
   divided by TP; without FSDP, autocast's bf16 copy of every weight a matmul uses,
-  cached for the backward: not the embedding table (only looked up), nor, outside TP, the
-  output projection (the loss casts it once, inside its own pass).
+  cached for the backward: not the embedding table (only looked up), nor the output
+  projection (the loss casts it once, inside its own pass).
   Under `train.float8` the blocks' linears cast their weights straight to float8 inside
   each matmul and keep only the master weight for backward, so they add no bf16 copy
   without FSDP; with FSDP, tensorwise scaling all-gathers them in float8 (1 B/param),
@@ -27,12 +27,12 @@ the most micro-batches in flight):
   recompute; per-op selective keeps matmul and attention outputs: (10D + 4K + 4F)/tp + 2D;
   per-layer selective checkpoints every Nth block fully. Under context parallelism the
   attention keeps the gathered keys and values of the whole sequence: 4K becomes 4K x cp.
-- the chunked loss: at most `train.loss_chunk_tokens` (8,192) tokens of logits at a time.
-  On one device (`train/loss.py`, gradients taken in the forward): bf16 logits, their fp32
+- the chunked loss (`train/loss.py`, gradients taken in the forward): at most
+  `train.loss_chunk_tokens` (8,192) tokens of logits at a time, bf16 logits, their fp32
   copy turned into the softmax in place, and its bf16 cast (8 B x vocab per token), plus
   the output weight's fp32 gradient (4 B x vocab x dim) and, for an fp32 master weight,
-  its bf16 cast (2 B x vocab x dim). Under TP (vocabulary-parallel, checkpointed chunks):
-  bf16 + fp32 + softmax (10 B x vocab / tp per token).
+  its bf16 cast (2 B x vocab x dim); all divided by TP (each rank holds its slice of the
+  vocabulary).
 
 Tokens per micro-batch and rank: micro_batch_size x seq_len / cp. In flight on the first
 pipeline stage: pp micro-batches for 1F1B, pp(1 + (pp-1)/(pp v)) for interleaved 1F1B with
@@ -138,11 +138,8 @@ def memory_plan(config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_le
         gathered = blocks_gathered * (linear_bytes * block_linears + 2 * (block_params(config) / layout.tp - block_linears))
         gathered += 2 * embedding
     else:  # autocast's bf16 copy of every weight a matmul uses, cached until the step's backward
-        output_here, tied = layout.pp == 1, config.tie_embeddings
-        if layout.tp == 1:  # the loss casts the output projection itself; the embedding is looked up
-            uncached = embedding + (embedding if output_here and not tied else 0.0)
-        else:  # the vocabulary-parallel loss goes through autocast, which caches the output's copy
-            uncached = 0.0 if output_here and tied else embedding
+        # the embedding is looked up; the loss casts the output projection itself
+        uncached = embedding + (embedding if layout.pp == 1 and not config.tie_embeddings else 0.0)
         float8_linears = max(rank_blocks) * block_linears if float8 != "none" else 0.0
         gathered = 2 * (params - uncached - float8_linears)
 
@@ -161,11 +158,9 @@ def memory_plan(config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_le
     logits_tokens = min(tokens, loss_chunk_tokens)
     if layout.pp > 1:  # the loss runs on the last stage, not the first
         loss = 0.0
-    elif layout.tp > 1:
-        loss = 10 * config.vocab_size / layout.tp * logits_tokens
     else:
         weight_cast = 2 * embedding if shard == 1 else 0.0  # FSDP hands the loss bf16 weights already
-        loss = 8 * config.vocab_size * logits_tokens + 4 * embedding + weight_cast
+        loss = 8 * config.vocab_size / layout.tp * logits_tokens + 4 * embedding + weight_cast
     return MemoryPlan(
         params_per_gpu=params / shard, weights=weights, gradients=gradients, optimizer=optimizer,
         gathered_weights=gathered, activations=stack(modes) + final_norm,

@@ -12,7 +12,6 @@ run killed at any point and resumed produces bit-identical losses on CPU.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import resource
@@ -345,14 +344,6 @@ class _Parallelism:
             return parallel.vocab_parallel_loss_sum(model.output, hidden, targets, self.loss_chunk_tokens)
         return cross_entropy_sum(hidden, model.output.weight, targets, self.loss_chunk_tokens, self.compile_loss)
 
-    def loss_context(self):
-        """Where the loss and its backward run: vocabulary-parallel under TP."""
-        if not self.tp:
-            return contextlib.nullcontext()
-        from torch.distributed.tensor.parallel import loss_parallel
-
-        return loss_parallel()
-
     def hidden_states(self, inputs: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Final hidden states of the model for whole [B, T] rows, and the targets they
@@ -379,7 +370,7 @@ class _PipelineLoss:
         """The summed cross-entropy of the micro-batches a schedule run reported."""
         if not losses:
             return torch.zeros((), device=device)
-        return torch.stack([parallel.local_value(x.detach()) for x in losses]).sum().to(device) / self.scale
+        return torch.stack([x.detach() for x in losses]).sum().to(device) / self.scale
 
 
 def _single_process(model: torch.nn.Module) -> _Parallelism:
@@ -590,16 +581,14 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
             if par.runner is not None:
                 par.pipeline_loss.scale = grad_scale / n_targets
                 kwargs = {"document_ids": doc_ids} if doc_ids is not None else {}
-                with par.loss_context():
-                    losses = par.runner.step(inputs, targets, per_run, **kwargs)
+                losses = par.runner.step(inputs, targets, per_run, **kwargs)
                 loss_sum += par.pipeline_loss.unscaled_sum(losses, device)
                 continue
-            with par.loss_context():
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                    hidden, local_targets = par.hidden_states(inputs, targets, doc_ids)
-                    micro_loss = par.loss_sum(par.forward_model, hidden, local_targets)
-                (micro_loss / n_targets * grad_scale).backward()
-            loss_sum += parallel.local_value(micro_loss.detach())
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                hidden, local_targets = par.hidden_states(inputs, targets, doc_ids)
+                micro_loss = par.loss_sum(par.forward_model, hidden, local_targets)
+            (micro_loss / n_targets * grad_scale).backward()
+            loss_sum += micro_loss.detach()
         return loss_sum
 
     def validation() -> dict[str, float]:
@@ -610,16 +599,14 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
         return evaluate(model, val_loader, device, autocast_dtype)
 
     def sharded_batch_loss(inputs, targets, doc_ids) -> torch.Tensor:
-        with par.loss_context():
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                hidden, local_targets = par.hidden_states(inputs, targets, doc_ids)
-                total = parallel.local_value(par.loss_sum(par.forward_model, hidden, local_targets))
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            hidden, local_targets = par.hidden_states(inputs, targets, doc_ids)
+            total = par.loss_sum(par.forward_model, hidden, local_targets)
         return _all_reduce_sum(total.float(), par.cp_group)
 
     def pipeline_batch_loss(inputs, targets, doc_ids) -> torch.Tensor:
         par.pipeline_loss.scale = 1.0
-        with par.loss_context():
-            losses = par.runner.evaluate(inputs, targets, document_ids=doc_ids)
+        losses = par.runner.evaluate(inputs, targets, document_ids=doc_ids)
         return _all_reduce_sum(par.pipeline_loss.unscaled_sum(losses, device), par.pp_group, par.cp_group)
 
     peak = peak_flops(device)
