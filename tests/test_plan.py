@@ -63,9 +63,10 @@ def test_tensor_and_pipeline_parallel_divide_the_weights():
 def test_activation_bytes_per_token_follow_the_saved_tensors():
     dim, kv, ffn = 4096, 1024, 14336
     lse = 4 * 32
-    assert plan.activation_bytes_per_token(LLAMA_8B) == 22 * dim + 4 * kv + 8 * ffn + lse  # 208,896 + 128
+    assert plan.activation_bytes_per_token(LLAMA_8B) == 20 * dim + 4 * kv + 8 * ffn + lse  # 200,704 + 128
+    assert plan.activation_bytes_per_token(LLAMA_8B, fp32_residual=True) == 30 * dim + 4 * kv + 8 * ffn + lse
     assert plan.activation_bytes_per_token(LLAMA_8B, mode="full") == 2 * dim
-    assert plan.activation_bytes_per_token(LLAMA_8B, tp=8) == (18 * dim + 4 * kv + 8 * ffn) / 8 + 4 * dim + lse / 8
+    assert plan.activation_bytes_per_token(LLAMA_8B, tp=8) == (16 * dim + 4 * kv + 8 * ffn) / 8 + 4 * dim + lse / 8
     assert plan.activation_bytes_per_token(LLAMA_8B, mode="op") == 10 * dim + 4 * kv + 4 * ffn + 2 * dim + lse
     layout = Layout(1, 8, 1, 1, 1)
     mem = plan.memory_plan(LLAMA_8B, layout, ParallelConfig(), 8192, 1, 1)
@@ -78,6 +79,44 @@ def test_activation_bytes_per_token_follow_the_saved_tensors():
     assert one.loss == pytest.approx(8 * 128256 * 8192 + 6 * 128256 * dim)  # + the bf16 cast of the weight
     tp = plan.memory_plan(LLAMA_8B, Layout(1, 1, 2, 1, 1), ParallelConfig(tp=2), 8192, 1, 1)
     assert tp.loss == pytest.approx(one.loss / 2)  # each rank holds half the vocabulary
+
+
+@pytest.mark.parametrize("weights", ["fp32 + autocast", "bf16"])
+def test_activation_model_matches_the_tensors_saved_for_backward(weights):
+    """The activation terms against what autograd really keeps (saved-tensor hooks, CPU bf16):
+    blocks, final norm and the loss's hidden-state gradient. Weights and their casts are
+    left out (they are the plan's other terms)."""
+    import torch
+
+    from pasture.model.llama import Transformer
+    from pasture.train.loss import cross_entropy_sum
+
+    config = LLAMA_8B.replace(dim=256, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=1000, ffn_dim=768)
+    torch.manual_seed(0)
+    model = Transformer(config)
+    fp32_residual = weights != "bf16"
+    if not fp32_residual:
+        model.to(torch.bfloat16)  # FSDP's mixed precision hands the blocks bf16 weights
+    batch, seq = 2, 200
+    tokens = torch.randint(0, config.vocab_size, (batch, seq + 1))
+    weight_like = {tuple(p.shape) for p in model.parameters()} | {tuple(p.shape[::-1]) for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if tuple(t.shape) not in weight_like and not isinstance(t, torch.nn.Parameter):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=fp32_residual):
+        hidden = model(tokens[:, :-1], return_hidden=True)
+        cross_entropy_sum(hidden, model.output.weight, tokens[:, 1:])
+    measured = sum(saved.values()) / (batch * seq)
+    final_norm = (12 if fp32_residual else 8) * config.dim
+    predicted = config.n_layers * plan.activation_bytes_per_token(config, fp32_residual=fp32_residual) + final_norm
+    assert measured == pytest.approx(predicted, rel=0.03)
+    mem = plan.memory_plan(config, Layout(1, 1 if fp32_residual else 2, 1, 1, 1), ParallelConfig(), seq, batch, 1)
+    assert mem.activations_none == pytest.approx(predicted * batch * seq)
 
 
 def test_pipeline_schedules_keep_different_numbers_of_micro_batches():

@@ -16,14 +16,20 @@ the most micro-batches in flight):
   without FSDP; with FSDP, tensorwise scaling all-gathers them in float8 (1 B/param),
   rowwise in bf16. Their saved inputs stay bf16, so activations are unchanged;
 - activations saved for backward, bf16, per token per block (D = dim, F = FFN width,
-  K = n_kv_heads x head_dim), read off this model's forward in `model/llama.py`:
+  K = n_kv_heads x head_dim), read off this model's forward in `model/llama.py` and
+  measured with saved-tensor hooks in tests/test_plan.py:
     each RMSNorm: its fp32 input copy 4D + normalised bf16 2D + output 2D = 8D (x2 norms)
-    attention: rotated q 2D, k 2K, v 2K, SDPA output 2D, `wo` input 2D, log-sum-exp (fp32 per head)
+    attention: rotated q 2D, k 2K, v 2K, SDPA output 2D (which `wo` reads as a view of the
+      same storage), log-sum-exp (fp32 per head)
     SwiGLU: w1 out 2F, silu out 2F, w3 out 2F, product (w2 input) 2F = 8F
-  total 22D + 4K + 8F bytes per token per block (+4 bytes per head). Under tensor +
-  sequence parallelism everything is divided by tp except the two gathered norm outputs
-  (the column-parallel matmuls keep their full-sequence input): (18D + 4K + 8F)/tp + 4D.
-  Full checkpointing keeps only each block's input (2D/tp per token) plus one block's
+  total 20D + 4K + 8F bytes per token per block (+4 bytes per head). That holds with bf16
+  weights (FSDP's mixed precision), where the residual stream is bf16. Without FSDP,
+  autocast over fp32 weights keeps the residual stream in fp32: each norm then keeps an
+  fp32 output, and every linear after it its own bf16 cast of it (three for attention, two
+  for the SwiGLU): 10D more. Under tensor + sequence parallelism everything is divided by
+  tp except the two gathered norm outputs (the column-parallel matmuls keep their
+  full-sequence input): (16D + 4K + 8F)/tp + 4D. Full checkpointing keeps only each
+  block's input (2D/tp per token, 4D/tp with an fp32 residual stream) plus one block's
   recompute; per-op selective keeps matmul and attention outputs: (10D + 4K + 4F)/tp + 2D;
   per-layer selective checkpoints every Nth block fully. Under context parallelism the
   attention keeps the gathered keys and values of the whole sequence: 4K becomes 4K x cp.
@@ -67,22 +73,25 @@ def stage_params(config: ModelConfig, n_stages: int) -> list[int]:
     return counts
 
 
-def activation_bytes_per_token(config: ModelConfig, tp: int = 1, mode: str = "none", cp: int = 1) -> float:
+def activation_bytes_per_token(config: ModelConfig, tp: int = 1, mode: str = "none", cp: int = 1,
+                               fp32_residual: bool = False) -> float:
     """bf16 activation bytes one block keeps for backward, per token of a rank's micro-batch.
 
     mode: "none" | "full" | "op" (selective per-op). See the module docstring for the terms.
     cp: context-parallel degree; attention keeps the keys and values of the whole sequence,
         cp times this rank's tokens.
+    fp32_residual: autocast over fp32 weights (no FSDP): the residual stream is fp32.
     """
     dim, ffn = config.dim, config.ffn_hidden_dim
     kv = config.n_kv_heads * config.head_dim * cp
     lse = 4 * config.n_heads / tp
     if mode == "full":
-        return 2 * dim / tp
+        return (4 if fp32_residual else 2) * dim / tp
     if mode == "op":
         return (10 * dim + 4 * kv + 4 * ffn) / tp + 2 * dim + lse
     gathered = 4 * dim if tp > 1 else 0  # the norms' outputs, all-gathered along the sequence
-    return (22 * dim + 4 * kv + 8 * ffn - gathered) / tp + gathered + lse
+    fp32_copies = 10 * dim if fp32_residual else 0
+    return (20 * dim + 4 * kv + 8 * ffn + fp32_copies - gathered) / tp + gathered + lse
 
 
 def microbatches_in_flight(cfg: ParallelConfig, layout: Layout, n_microbatches: int) -> float:
@@ -147,14 +156,17 @@ def memory_plan(config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_le
     in_flight = microbatches_in_flight(cfg, layout, n_microbatches)
     blocks = rank_blocks[0]
 
+    fp32_residual = shard == 1  # no FSDP: autocast over fp32 weights keeps the residual stream fp32
+
     def stack(mode_per_block: list[str]) -> float:
-        kept = sum(activation_bytes_per_token(config, layout.tp, m, layout.cp) for m in mode_per_block)
-        recompute = (activation_bytes_per_token(config, layout.tp, "none", layout.cp)
+        kept = sum(activation_bytes_per_token(config, layout.tp, m, layout.cp, fp32_residual) for m in mode_per_block)
+        recompute = (activation_bytes_per_token(config, layout.tp, "none", layout.cp, fp32_residual)
                      if any(m != "none" for m in mode_per_block) else 0.0)
         return tokens * (kept * in_flight + recompute)
 
     modes = _block_modes(cfg, [i for s in range(0, n_stages, layout.pp) for i in ranges[s]])
-    final_norm = 8 * config.dim * tokens / layout.tp if layout.pp == 1 else 0.0
+    # the final norm's input, normalised copy and (kept by the loss) hidden-state gradient
+    final_norm = (12 if fp32_residual else 8) * config.dim * tokens / layout.tp if layout.pp == 1 else 0.0
     logits_tokens = min(tokens, loss_chunk_tokens)
     if layout.pp > 1:  # the loss runs on the last stage, not the first
         loss = 0.0
