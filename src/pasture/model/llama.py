@@ -40,7 +40,12 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        out = normed.type_as(x) * self.weight
+        if torch.is_autocast_enabled(x.device.type):
+            # every consumer is a matmul that would cast it: cast once, so the q/k/v (or
+            # w1/w3) projections share one low-precision copy instead of keeping one each
+            out = out.to(torch.get_autocast_dtype(x.device.type))
+        return out
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)

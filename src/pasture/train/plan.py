@@ -24,9 +24,9 @@ the most micro-batches in flight):
     SwiGLU: w1 out 2F, silu out 2F, w3 out 2F, product (w2 input) 2F = 8F
   total 20D + 4K + 8F bytes per token per block (+4 bytes per head). That holds with bf16
   weights (FSDP's mixed precision), where the residual stream is bf16. Without FSDP,
-  autocast over fp32 weights keeps the residual stream in fp32: each norm then keeps an
-  fp32 output, and every linear after it its own bf16 cast of it (three for attention, two
-  for the SwiGLU): 10D more. Under tensor + sequence parallelism everything is divided by
+  autocast over fp32 weights keeps the residual stream in fp32, and each norm keeps its
+  normalised copy in fp32 (4D, not 2D): 4D more (the norm casts its output to bf16 once,
+  for all the projections after it). Under tensor + sequence parallelism everything is divided by
   tp except the two gathered norm outputs (the column-parallel matmuls keep their
   full-sequence input): (16D + 4K + 8F)/tp + 4D. Full checkpointing keeps only each
   block's input (2D/tp per token, 4D/tp with an fp32 residual stream) plus one block's
@@ -90,7 +90,7 @@ def activation_bytes_per_token(config: ModelConfig, tp: int = 1, mode: str = "no
     if mode == "op":
         return (10 * dim + 4 * kv + 4 * ffn) / tp + 2 * dim + lse
     gathered = 4 * dim if tp > 1 else 0  # the norms' outputs, all-gathered along the sequence
-    fp32_copies = 10 * dim if fp32_residual else 0
+    fp32_copies = 4 * dim if fp32_residual else 0
     return (20 * dim + 4 * kv + 8 * ffn + fp32_copies - gathered) / tp + gathered + lse
 
 
@@ -166,7 +166,7 @@ def memory_plan(config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_le
 
     modes = _block_modes(cfg, [i for s in range(0, n_stages, layout.pp) for i in ranges[s]])
     # the final norm's input, normalised copy and (kept by the loss) hidden-state gradient
-    final_norm = (12 if fp32_residual else 8) * config.dim * tokens / layout.tp if layout.pp == 1 else 0.0
+    final_norm = (10 if fp32_residual else 8) * config.dim * tokens / layout.tp if layout.pp == 1 else 0.0
     logits_tokens = min(tokens, loss_chunk_tokens)
     if layout.pp > 1:  # the loss runs on the last stage, not the first
         loss = 0.0
