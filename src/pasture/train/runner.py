@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -232,9 +232,14 @@ def _prefix_of(model: nn.Module, transformer: Transformer) -> str:
     return next(name + "." if name else "" for name, m in model.named_modules() if m is transformer)
 
 
-def build_runner(spec: RunnerSpec, wrap_model=None) -> Runner:
+def build_runner(spec: RunnerSpec, wrap_model: Callable[[Transformer], nn.Module] | None = None) -> Runner:
     """This rank's runner: the model built (and wrapped by `wrap_model(transformer)` when
-    given), laid out over the process group, initialised, and `spec.init_from` loaded."""
+    given), laid out over the process group, initialised, and `spec.init_from` loaded
+    into the Transformer.
+
+    A wrapper initialises its own parameters when built on a real device, and again in
+    `init_weights(buffer_device)` (which also calls the Transformer's) after FSDP allocates
+    the shards of a model built on `meta`."""
     wrap_model = wrap_model or (lambda transformer: transformer)
     if is_distributed():
         return _build_distributed(spec, wrap_model)
@@ -246,7 +251,8 @@ def build_runner(spec: RunnerSpec, wrap_model=None) -> Runner:
         if source_config != spec.model_config:
             raise PastureError(f"model.init_from={spec.init_from} has a different model config than the recipe")
         transformer.load_state_dict(source.state_dict())
-    model = wrap_model(transformer)
+    with torch.device(spec.device):
+        model = wrap_model(transformer)
     float8.apply_float8(transformer, spec.float8)
     parallel.apply_activation_checkpointing(transformer, spec.parallel)
     if spec.compile:
