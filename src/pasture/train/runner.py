@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+from pasture import runs
 from pasture.errors import PastureError
-from pasture.model import load
 from pasture.model.config import ModelConfig
 from pasture.model.llama import Transformer
 from pasture.runtime import all_reduce_sum, autocast, is_distributed
@@ -247,7 +247,7 @@ def build_runner(spec: RunnerSpec, wrap_model: Callable[[Transformer], nn.Module
     with torch.device(spec.device):
         transformer = Transformer(spec.model_config, attention_backend=spec.attention_backend)
     if spec.init_from:
-        source, source_config = load(spec.init_from, device=spec.device)
+        source, source_config = runs.load(spec.init_from, device=spec.device)
         if source_config != spec.model_config:
             raise PastureError(f"model.init_from={spec.init_from} has a different model config than the recipe")
         transformer.load_state_dict(source.state_dict())
@@ -323,7 +323,7 @@ def _load_initial_weights(source: str, module: nn.Module, config: ModelConfig, p
     if ckpt.is_run_or_checkpoint(Path(source)) and not prefix:
         ckpt.load_model(ckpt.resolve(Path(source)), module)
         return
-    whole, source_config = load(source)
+    whole, source_config = runs.load(source)
     if source_config != config:
         raise PastureError(f"model.init_from={source} has a different model config than the recipe")
     wanted = set(module.state_dict())
