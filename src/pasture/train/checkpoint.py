@@ -18,16 +18,28 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor
 
 from pasture.errors import PastureError
 from pasture.model.config import ModelConfig
+from pasture.model.llama import Transformer
 
 CHECKPOINT_DIR = "checkpoints"
 # DCP warns on every single-process save/load; single-process is a supported use here.
@@ -95,16 +107,10 @@ def latest_valid(run_dir: Path, log=print) -> Path | None:
 
 
 def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
     return get_model_state_dict(model)
 
 
 def _rng_state() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -112,10 +118,6 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -124,16 +126,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def _barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -170,10 +168,6 @@ class Checkpointer:
     def save(self, run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
              train_state: dict[str, Any], model_config: ModelConfig, recipe: dict[str, Any] | None = None,
              keep_last: int | None = None) -> None:
-        import torch.distributed as dist
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
         self.wait()
         rank, world = _rank_and_world()
         final = step_dir(run_dir, step)
@@ -231,13 +225,6 @@ def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer 
     The model and optimizer may be sharded differently from when the checkpoint was
     saved: torch.distributed.checkpoint reshards on load.
     """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        get_optimizer_state_dict,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
     validate(folder)
     rank, world = _rank_and_world()
     state: dict[str, Any] = {"model": _model_state(model)}
@@ -262,9 +249,6 @@ def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer 
 
 def load_model(folder: Path, model: torch.nn.Module) -> None:
     """Restore only the model weights from a checkpoint or weights folder, resharding as needed."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
     validate(folder)
     state = {"model": _model_state(model)}
     try:
@@ -277,8 +261,6 @@ def load_model(folder: Path, model: torch.nn.Module) -> None:
 def save_weights(folder: Path, model: torch.nn.Module, model_config: ModelConfig) -> Path:
     """Model weights alone, written shard by shard by every rank, in the checkpoint layout
     (so `pasture.model.load` and `read_model_state` open it)."""
-    import torch.distributed.checkpoint as dcp
-
     folder = Path(folder)
     rank, world = _rank_and_world()
     if rank == 0:
@@ -298,9 +280,6 @@ def save_weights(folder: Path, model: torch.nn.Module, model_config: ModelConfig
 @torch.no_grad()
 def average_weights_into(model: torch.nn.Module, folders: list[Path]) -> None:
     """Set `model` to the mean of the weights in `folders`; each rank averages only its own shards."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.tensor import DTensor
-
     def local(t: torch.Tensor) -> torch.Tensor:
         return t.to_local() if isinstance(t, DTensor) else t
 
@@ -344,8 +323,6 @@ def resolve(path: Path) -> Path:
 
 def read_model_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """Model weights (unsharded, CPU) and config from a run or checkpoint folder, without a process group."""
-    from pasture.model.llama import Transformer
-
     folder = resolve(path)
     validate(folder)
     config = ModelConfig.from_dict(read_config(folder)["model"])
@@ -354,7 +331,6 @@ def read_model_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     model = model.to_empty(device="cpu")
     if config.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
-    import torch.distributed.checkpoint as dcp
 
     state = {"model": model.state_dict()}
     try:
