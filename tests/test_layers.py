@@ -38,8 +38,6 @@ def floor_of(module: str) -> str:
     parts = module.split(".")
     if parts[-1] in ("cli", "speedrun_cli") or module == "pasture.speedrun":
         return "commands"
-    if module == "pasture.runs":
-        return "train"
     package = parts[1]
     if package in ALLOWED:
         return package
@@ -69,7 +67,7 @@ def imports_in(code: str, package: str) -> list[tuple[int, str]]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            # `from pasture import runs` names a module; `from pasture.x import f` names x
+            # `from pasture.train import runs` names a module; `from pasture.x import f` names x
             found += [(node.lineno, f"{base}.{alias.name}" if _is_module(f"{base}.{alias.name}") else base)
                       for alias in node.names]
     return [(line, name) for line, name in found if name == "pasture" or name.startswith("pasture.")]
@@ -92,10 +90,10 @@ def test_no_import_runs_up_a_floor():
 
 
 def test_the_check_sees_function_level_and_relative_imports():
-    code = ("import os\nfrom pasture import runs\n\n\ndef f():\n    from ..train import checkpoint\n"
+    code = ("import os\nfrom pasture import runtime\n\n\ndef f():\n    from ..train import checkpoint\n"
             "    from pasture.tokenizer.tokenizer import Tokenizer\n")
-    assert imports_in(code, "pasture.model") == [(2, "pasture.runs"), (6, "pasture.train.checkpoint"),
+    assert imports_in(code, "pasture.model") == [(2, "pasture.runtime"), (6, "pasture.train.checkpoint"),
                                                  (7, "pasture.tokenizer.tokenizer")]
-    assert [floor_of(m) for _, m in imports_in(code, "pasture.model")] == ["train", "train", "tokenizer"]
+    assert [floor_of(m) for _, m in imports_in(code, "pasture.model")] == ["ground", "train", "tokenizer"]
     assert not ALLOWED["model"] & {"train", "tokenizer"}
     assert floor_of("pasture.data.cli") == "commands" and floor_of("pasture.speedrun") == "commands"

@@ -9,18 +9,17 @@ import time
 
 import numpy as np
 import pytest
-from token_data import write_progressions
 import torch
+from token_data import write_progressions
 
 from pasture.cli import main
 from pasture.errors import PastureError
 from pasture.train import checkpoint as ckpt
+from pasture.train import loop, runner, runs
 from pasture.train import pretrain as pt
-from pasture import runs
-from pasture.train import loop, runner
+from pasture.train.metrics import read_metrics
 from pasture.train.recipe import load_recipe, parse_recipe
 from pasture.train.validation import evaluate
-from pasture.train.metrics import read_metrics
 
 VOCAB = 300
 SMALL_MODEL = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.multiple_of=32"]
@@ -234,7 +233,7 @@ def test_checkpoint_loads_as_model_and_generates_same_with_and_without_cache(tok
     run_recipe(recipe_args(token_data, run, "train.steps=4", "checkpoint.every=4"))
     model, config = runs.load(run)
     assert config.vocab_size == VOCAB and config.dim == 64
-    with pytest.raises(pm.CheckpointError, match="pasture.runs.load"):  # model formats only
+    with pytest.raises(pm.CheckpointError, match="pasture.train.runs.load"):  # model formats only
         pm.load(run)
     model.eval()
     prompt = [VOCAB - 2, 5, 8, 11]

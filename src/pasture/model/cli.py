@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from pasture import runs
 from pasture.model.config import PRESETS, preset
 from pasture.model.convert import CheckpointError, write_checkpoint
 from pasture.model.info import describe
+from pasture.train import runs
 
 
 def register(sub: argparse._SubParsersAction) -> None:

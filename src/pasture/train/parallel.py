@@ -426,7 +426,7 @@ class KeptLayers(nn.ModuleDict):
         return iter(self._modules.values())
 
 
-def stage_layer_ids(n_layers: int, n_stages: int) -> list[range]:
+def pipeline_stage_layers(n_layers: int, n_stages: int) -> list[range]:
     """Contiguous layer ranges per stage, counting the embedding and the output projection
     as one layer each, so the first and last stages hold one block fewer (Llama 3 §3.3.2)."""
     units = n_layers + 2  # unit 0: embedding, units 1..n_layers: blocks, unit n_layers+1: output
@@ -487,7 +487,7 @@ def split_pipeline(model: Transformer, cfg: ParallelConfig, layout: Layout, pp_r
     interleaved schedule expects; with one stage per rank that is stage r.
     """
     n_stages = layout.pp * cfg.stages_per_rank
-    ranges = stage_layer_ids(model.config.n_layers, n_stages)
+    ranges = pipeline_stage_layers(model.config.n_layers, n_stages)
     stage_ids = list(range(pp_rank, n_stages, layout.pp))
     stages = [PipelineStageModule(model, ranges[s], first=s == 0, last=s == n_stages - 1,
                                   context_parallel=context_parallel) for s in stage_ids]

@@ -16,13 +16,12 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-from pasture import runs
 from pasture.errors import PastureError
 from pasture.model.config import ModelConfig
 from pasture.model.llama import Transformer
 from pasture.runtime import all_reduce_sum, autocast, is_distributed
 from pasture.train import checkpoint as ckpt
-from pasture.train import float8, parallel
+from pasture.train import float8, parallel, runs
 from pasture.train.loss import cross_entropy_sum
 from pasture.train.parallel import Layout, ParallelConfig
 from pasture.train.task import Batch, LossOutput, MicroBatching, NextTokenObjective, Objective

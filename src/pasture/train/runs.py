@@ -5,8 +5,8 @@ folders). A training run folder (its newest valid checkpoint), a checkpoint fold
 weights folder (`anneal/`, `averaged/`) are training formats, read by `train.checkpoint`;
 `load` here reads both kinds, so commands, evaluation and serving take any of them:
 
-    model, config = pasture.runs.load("runs/tiny")          # newest valid checkpoint of a run
-    model, config = pasture.runs.load("llama3.2-1b")        # anything pasture.model.load reads
+    model, config = pasture.train.runs.load("runs/tiny")    # newest valid checkpoint of a run
+    model, config = pasture.train.runs.load("llama3.2-1b")  # anything pasture.model.load reads
 """
 
 from __future__ import annotations
