@@ -8,7 +8,7 @@ from pasture.data.filters.quality import TextClassifier
 from pasture.data.filters.teacher import label_by_teacher
 from pasture.documents import Document, write_documents
 from pasture.tokenizer import Tokenizer, train_tokenizer
-from pasture.train import runs
+from pasture import runs
 from pasture.train.pretrain import pretrain
 from pasture.train.recipe import load_recipe, parse_recipe
 from pasture.train.tokenize import tokenize_documents

@@ -21,7 +21,7 @@ from pasture import model as pm  # noqa: E402
 from pasture.cli import main  # noqa: E402
 from pasture.model.config import preset  # noqa: E402
 from pasture.train import checkpoint as ckpt  # noqa: E402
-from pasture.train import runs  # noqa: E402
+from pasture import runs  # noqa: E402
 from pasture.train.float8 import apply_float8  # noqa: E402
 from pasture.train.validation import evaluate  # noqa: E402
 

@@ -13,7 +13,7 @@ import pasture
 SRC = Path(pasture.__file__).parent
 GROUND = {"pasture", "pasture.errors", "pasture.config", "pasture.runtime", "pasture.documents", "pasture.cli_args"}
 BASE = {"model", "tokenizer", "data"}  # floor 1: each on the ground only, never on each other
-STAGES = {"post", "eval", "serve", "scaling", "safety", "report"}  # floor 4: above the training core
+STAGES = {"post", "eval", "serve", "scaling", "safety", "report", "runs"}  # floor 3: above the training core
 BELOW_STAGES = {"ground", "model", "tokenizer", "train"}
 
 # floor name -> the floors its modules may import (a floor may always import itself)
@@ -35,6 +35,8 @@ def floor_of(module: str) -> str:
         return "ground"
     if module == "pasture.cli":
         return "top"
+    if module == "pasture.runs":
+        return "runs"
     parts = module.split(".")
     if parts[-1] in ("cli", "speedrun_cli") or module == "pasture.speedrun":
         return "commands"
@@ -67,7 +69,7 @@ def imports_in(code: str, package: str) -> list[tuple[int, str]]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            # `from pasture.train import runs` names a module; `from pasture.x import f` names x
+            # `from pasture import runs` names a module; `from pasture.x import f` names x
             found += [(node.lineno, f"{base}.{alias.name}" if _is_module(f"{base}.{alias.name}") else base)
                       for alias in node.names]
     return [(line, name) for line, name in found if name == "pasture" or name.startswith("pasture.")]

@@ -12,10 +12,11 @@ import pytest
 import torch
 from token_data import write_progressions
 
+from pasture import runs
 from pasture.cli import main
 from pasture.errors import PastureError
 from pasture.train import checkpoint as ckpt
-from pasture.train import loop, runner, runs
+from pasture.train import loop, runner
 from pasture.train import pretrain as pt
 from pasture.train.metrics import read_metrics
 from pasture.train.recipe import load_recipe, parse_recipe
@@ -233,7 +234,7 @@ def test_checkpoint_loads_as_model_and_generates_same_with_and_without_cache(tok
     run_recipe(recipe_args(token_data, run, "train.steps=4", "checkpoint.every=4"))
     model, config = runs.load(run)
     assert config.vocab_size == VOCAB and config.dim == 64
-    with pytest.raises(pm.CheckpointError, match="pasture.train.runs.load"):  # model formats only
+    with pytest.raises(pm.CheckpointError, match="pasture.runs.load"):  # model formats only
         pm.load(run)
     model.eval()
     prompt = [VOCAB - 2, 5, 8, 11]

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from pasture import runs
 from pasture.data import recipe as curation
 from pasture.data.curate import run_curation
 from pasture.data.gather import default_roots, gather
@@ -29,7 +30,6 @@ from pasture.errors import PastureError
 from pasture.report.card import environment, write_report
 from pasture.runtime import resolve_device
 from pasture.tokenizer import Tokenizer, train_tokenizer
-from pasture.train import runs
 from pasture.train.generate import SamplingParams, generate
 from pasture.train.loader import ValidationLoader
 from pasture.train.metrics import read_metrics

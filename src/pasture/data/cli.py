@@ -12,13 +12,13 @@ import json
 from functools import partial
 from pathlib import Path
 
+from pasture import runs
 from pasture.data.curate import run_curation
 from pasture.data.filters.quality import ClassifierError, train_quality_classifier, train_quality_from_teacher
 from pasture.data.recipe import load_recipe, parse_recipe
 from pasture.errors import PastureError
 from pasture.runtime import resolve_device
 from pasture.tokenizer import Tokenizer, find_tokenizer, resolve_tokenizer_path
-from pasture.train import runs
 from pasture.train.validation import text_losses
 
 

@@ -6,7 +6,7 @@
     model, config = pasture.model.load("path/to/hf_or_meta_or_pasture_folder")
     logits = model(tokens)                                       # [batch, seq, vocab]
 
-Training runs and checkpoints are a training format: `pasture.train.runs.load(RUN)` opens them
+Training runs and checkpoints are a training format: `pasture.runs.load(RUN)` opens them
 (and everything `load` opens).
 """
 
@@ -26,7 +26,7 @@ __all__ = [
     "build", "from_weights", "load", "preset", "read_weights", "save",
 ]
 
-# what `pasture.train.checkpoint` writes (docs/formats.md): recognised here only to point to pasture.train.runs
+# what `pasture.train.checkpoint` writes (docs/formats.md): recognised here only to point to pasture.runs
 TRAINING_CHECKPOINTS = "checkpoints"
 TRAINING_FORMAT = "pasture-checkpoint"
 
@@ -45,7 +45,7 @@ def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: 
          attention_backend: str = "auto", seed: int = 0) -> tuple[Transformer, ModelConfig]:
     """A model and its config from a preset name or a pasture / Hugging Face / Meta model folder.
 
-    Training runs and checkpoints are opened by `pasture.train.runs.load`, which reads these too.
+    Training runs and checkpoints are opened by `pasture.runs.load`, which reads these too.
     """
     name = str(path_or_preset)
     if name in PRESETS and not Path(name).exists():
@@ -61,7 +61,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig
     if not folder.exists():
         raise CheckpointError(f"{str(path)!r} is neither a preset ({', '.join(PRESETS)}) nor an existing model folder")
     if (folder / TRAINING_CHECKPOINTS).is_dir() or _format_of(folder) == TRAINING_FORMAT:
-        raise CheckpointError(f"{folder} is a training run or checkpoint folder: open it with pasture.train.runs.load")
+        raise CheckpointError(f"{folder} is a training run or checkpoint folder: open it with pasture.runs.load")
     state, config, _ = read_checkpoint(folder)
     return state, config
 

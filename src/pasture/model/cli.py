@@ -10,7 +10,7 @@ import torch
 from pasture.model.config import PRESETS, preset
 from pasture.model.convert import CheckpointError, write_checkpoint
 from pasture.model.info import describe
-from pasture.train import runs
+from pasture.train.checkpoint import read_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,14 +48,14 @@ def _info(args: argparse.Namespace) -> int:
     else:
         if not Path(args.model).exists():
             raise CheckpointError(f"{args.model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
-        _, config = runs.read_weights(args.model)
+        _, config = read_weights(args.model)
         name = args.model
     print(describe(config, args.seq_len, name))
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-    state, config = runs.read_weights(args.src)
+    state, config = read_weights(args.src)
     if args.dtype:
         state = {k: v.to(getattr(torch, args.dtype)) for k, v in state.items()}
     out = write_checkpoint(state, config, args.dst, args.to)

@@ -37,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
+from pasture import model as model_formats
 from pasture.errors import PastureError
 from pasture.model.config import ModelConfig
 from pasture.model.llama import Transformer
@@ -319,6 +320,14 @@ def resolve(path: Path) -> Path:
             raise CheckpointCorrupt(f"run {path} has no valid checkpoint")
         return found
     return path
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """Weights (CPU, unsharded, pasture names) and config of a run, checkpoint or weights
+    folder, or of any model folder `pasture.model` reads."""
+    if is_run_or_checkpoint(Path(path)):
+        return read_model_state(Path(path))
+    return model_formats.read_weights(path)
 
 
 def read_model_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:

@@ -7,11 +7,12 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
+from pasture import runs
 from pasture.errors import PastureError
 from pasture.model.config import preset
 from pasture.runtime import resolve_device
 from pasture.tokenizer import Tokenizer, find_tokenizer, resolve_tokenizer_path
-from pasture.train import parallel, runs
+from pasture.train import parallel
 from pasture.train.generate import SamplingParams, generate
 from pasture.train.plan import render
 from pasture.train.pretrain import pretrain
