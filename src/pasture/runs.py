@@ -19,6 +19,9 @@ from pasture import model as model_formats
 from pasture.model.config import ModelConfig
 from pasture.model.llama import Transformer
 from pasture.train import checkpoint as ckpt
+from pasture.train.checkpoint import read_weights
+
+__all__ = ["load", "read_weights"]  # read_weights: the weights (CPU, pasture names) and config of the same folders
 
 
 def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -26,6 +29,6 @@ def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: 
     """A model and its config from a run, checkpoint or weights folder, or anything
     `pasture.model.load` reads (a preset or a pasture / Hugging Face / Meta model folder)."""
     if ckpt.is_run_or_checkpoint(Path(path_or_preset)):
-        state, config = ckpt.read_weights(path_or_preset)
+        state, config = read_weights(path_or_preset)
         return model_formats.from_weights(state, config, device, dtype, attention_backend), config
     return model_formats.load(path_or_preset, device, dtype, attention_backend, seed)

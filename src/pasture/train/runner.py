@@ -50,7 +50,7 @@ class Runner:
     transformer: nn.Module | None
     device: torch.device
     autocast_dtype: torch.dtype | None
-    parallel_config: ParallelConfig = field(default_factory=lambda: ParallelConfig(dp_shard=1))
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
     layout: Layout = Layout(1, 1, 1, 1, 1)
     micro_batch_size: int = 0  # rows per forward/backward per rank; 0: the whole rank's share
     pipeline: parallel.PipelineRunner | None = None
@@ -258,8 +258,9 @@ def build_runner(spec: RunnerSpec, wrap_model: Callable[[Transformer], nn.Module
     if spec.compile:
         for layer in transformer.layers:
             layer.compile()
-    return Runner(model, transformer, spec.device, spec.autocast_dtype, micro_batch_size=spec.micro_batch_size,
-                  loss_chunk_tokens=spec.loss_chunk_tokens, compile_loss=spec.compile)
+    return Runner(model, transformer, spec.device, spec.autocast_dtype, parallel_config=spec.parallel,
+                  micro_batch_size=spec.micro_batch_size, loss_chunk_tokens=spec.loss_chunk_tokens,
+                  compile_loss=spec.compile)
 
 
 def _build_distributed(spec: RunnerSpec, wrap_model) -> Runner:
