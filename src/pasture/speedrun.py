@@ -218,6 +218,7 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     metrics.update(unigram_bits_per_byte(cfg.run_dir / "tokens"))
     metrics["bpb_vs_unigram"] = metrics["val_bpb"] / metrics["unigram_bpb"]
     metrics["beats_unigram"] = metrics["val_bpb"] < metrics["unigram_bpb"]
+    metrics["weights"] = runs.describe(cfg.run_dir / "train")
     return metrics
 
 
@@ -232,7 +233,7 @@ def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
         ids = generate(model, tokenizer.encode(prompt, bos=True), params, set(tokenizer.stop_tokens))
         samples.append({"prompt": prompt, "completion": tokenizer.decode(ids), "temperature": params.temperature,
                         "top_p": params.top_p, "tokens": len(ids)})
-    return {"samples": samples}
+    return {"samples": samples, "weights": runs.describe(cfg.run_dir / "train")}
 
 
 # ---------------------------------------------------------------- the job
