@@ -121,15 +121,20 @@ def test_resource_records_no_http_headers_statuses_and_truncations_are_counted_n
                     "Content-Type: application/http; msgtype=response\r\nWARC-Truncated: length\r\n"),
         _raw_record("response", "<https://example.org/ok>", http(b"200 OK") + html,
                     "Content-Type: application/http; msgtype=response\r\n"),
+        _raw_record("response", "https://example.org/untyped", b"HTTP/1.1 200 OK\r\n\r\n<!DOCTYPE html>" + html,
+                    "Content-Type: application/http; msgtype=response\r\n"),  # no Content-Type: sniffed as HTML
+        _raw_record("response", "https://example.org/untyped.bin", b"HTTP/1.1 200 OK\r\n\r\n\x89PNG\r\n\x1a\n",
+                    "Content-Type: application/http; msgtype=response\r\n"),
     ]
     cut = _raw_record("resource", "https://example.org/cut", html, "Content-Type: text/html\r\n")
     path = tmp_path / "mixed.warc"
     path.write_bytes(b"".join(records) + cut[: len(cut) // 2])  # the file ends inside the last record
     kept, problems = read_all(path)
-    assert [d.doc.url for d in kept] == ["https://example.org/resource", "https://example.org/ok"]
-    assert all(d.html == html for d in kept)
-    assert problems == Counter({"no_http_headers": 2, "http_redirect": 1, "http_error_status": 1,
+    assert [d.doc.url for d in kept] == ["https://example.org/resource", "https://example.org/ok",
+                                         "https://example.org/untyped"]
+    assert [d.html for d in kept] == [html, html, b"<!DOCTYPE html>" + html]
+    assert problems == Counter({"no_http_headers": 2, "non_html_payload": 1, "http_redirect": 1, "http_error_status": 1,
                                 "unsupported_content_encoding": 1, "corrupt_content_encoding": 1, "truncated_record": 2})
     stats = run_curation(recipe([str(path)], tmp_path / "out", minhash={"enabled": False}, line_dedup={"enabled": False}))
-    assert stats["stages"]["read"]["docs_out"] == 2
+    assert stats["stages"]["read"]["docs_out"] == 3
     assert stats["stages"]["read"]["removed"]["truncated_record"] == 2

@@ -102,6 +102,7 @@ def _parameters(fn: Callable, skip: int = 0) -> dict[str, Any]:
 
 def recipe_help(name_or_path: str, overrides: list[str] = ()) -> str:
     """Every section of a recipe and every key it can set, with the value this recipe (and `overrides`) gives it."""
+    # lazy: this module is imported for `pasture --help`, which must stay fast
     from pasture.data.mix import write_mix
     from pasture.data.recipe import OWN_SECTIONS, filter_registry, load_recipe, recipe_dir
 

@@ -10,6 +10,7 @@ reason and the run goes on.
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 INPUT_SUFFIXES = WARC_SUFFIXES + HTML_SUFFIXES + DOCUMENT_SUFFIXES
 FORMATS = ("auto", "warc", "html", "documents")
 HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml")
+# how an HTML document starts (after a BOM, blanks and comments), for bodies served without a Content-Type
+_HTML_START = re.compile(rb"(?:\xef\xbb\xbf)?(?:\s|<!--.*?-->)*<(?:!doctype\s+html|html|head|body)\b", re.I | re.S)
 
 
 @dataclass
@@ -161,8 +164,8 @@ def _warc_item(path: Path, n: int, record, is_response: bool) -> RawDocument | R
     headers = http if http is not None else record.headers
     content_type = headers.get("Content-Type") or record.headers.get("WARC-Identified-Payload-Type") or ""
     mime = content_type.split(";")[0].strip().lower()
-    if mime not in HTML_CONTENT_TYPES:
-        return ReadProblem("non_html_payload", f"{where}: {mime or 'no content type'}")
+    if mime and mime not in HTML_CONTENT_TYPES:
+        return ReadProblem("non_html_payload", f"{where}: {mime}")
     payload = record.reader.read()
     if len(payload) < record.content_length:
         return ReadProblem("truncated_record", f"{where}: {len(payload)} of {record.content_length} bytes")
@@ -175,6 +178,8 @@ def _warc_item(path: Path, n: int, record, is_response: bool) -> RawDocument | R
             return ReadProblem(e.reason, f"{where}: {e}")
     if not payload.strip():
         return ReadProblem("empty_payload", where)
+    if not mime and not _HTML_START.match(payload[:1024]):  # no type given: HTML only when it says so itself
+        return ReadProblem("non_html_payload", f"{where}: no content type")
     record_id = record.headers.get("WARC-Record-ID") or f"{path.name}:{n}"
     meta = {"date": record.headers.get("WARC-Date"), "charset": _declared_charset(content_type)}
     return RawDocument(Document(id=record_id.strip("<>"), text="", url=url, source=path.name, meta=meta), html=payload)
