@@ -6,12 +6,15 @@ from itertools import combinations
 
 from icu4py.breakers import WordBreaker
 
+from curate_corpus import write_jsonl
 from multilingual_corpus import CORPORA
+from pasture.data.curate import run_curation
 from pasture.data.documents import Document
 from pasture.data.filters import HeuristicFilter
 from pasture.data.filters.base import TextFeatures
 from pasture.data.filters.language import identify_language
 from pasture.data.minhash import words
+from pasture.data.recipe import load_recipe
 from pasture.data.segment import unspaced_language
 from test_curate_dedup import lsh_quality
 
@@ -51,6 +54,16 @@ def test_ordinary_documents_in_every_script_are_kept_as_often_as_english():
         # the KL rule drops each language's 99th-percentile outlier, and nothing else goes
         assert kept == {"en": 29, "zh": 29, "ja": 29, "th": 29}, reasons
         assert {r for rs in reasons.values() for r in rs} == {None, "kl_outlier"}
+
+
+def test_the_web_recipe_keeps_every_script_alike(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"id": f"{lang}{i}", "text": t} for lang in CORPORA for i, t in enumerate(corpus(lang))])
+    # the shipped recipe as it is, but for line counting: the two-paragraph documents reuse paragraphs on purpose
+    stats = run_curation(load_recipe("web", [f'input.paths=["{tmp_path / "d.jsonl"}"]', f'output.dir="{tmp_path / "out"}"',
+                                             "engine.workers=1", "line_dedup.max_count=1000", "output.format=jsonl"]))
+    assert stats["languages"] == {lang: {"docs": 30, "kept": 29} for lang in ("en", "ja", "th", "zh")}
+    assert stats["stages"]["heuristic"]["removed"] == {"kl_outlier": 4}  # one per language, its 99th percentile
+    assert stats["stages"]["output"]["docs_out"] == 116
 
 
 def planted(language: str, copies: int = 8, seed: int = 0) -> tuple[list[str], list[tuple[int, int]]]:
