@@ -141,3 +141,107 @@ TH = [
 ]
 
 CORPORA = {"en": EN, "zh": ZH, "ja": JA, "th": TH}
+
+# one page of software documentation in each language (the same page): short entries full of set phrases
+DOC_PAGES = {
+    "en": """Configuration file
+
+The configuration file lets you change how the program behaves. See the next section for the format of the configuration file.
+
+input.paths
+Sets the path of the input files. You can also give a folder. If omitted, the current folder is used. See the section "Input" for details.
+
+output.dir
+Sets the path of the output folder. The folder is created if it does not exist. See the section "Output" for details.
+
+output.format
+Sets the format of the output files. You can give jsonl or parquet. If omitted, jsonl is used.
+
+engine.workers
+Sets the number of processes that run at the same time. If you give 0, every core is used. See the section "Running" for details.
+
+engine.kind
+Sets where the program runs. You can give local or ray. If you give ray, you need to install Ray first.
+
+minhash.bands
+Sets the number of MinHash bands. A larger value finds more duplicates. If omitted, 14 is used.
+
+minhash.rows
+Sets the number of rows in each band. A larger value reduces false matches. If omitted, 8 is used.
+""",
+    "ja": """設定ファイル
+
+設定ファイルには、プログラムの動作を変更するためのオプションを記述することができます。設定ファイルの形式については、次の節を参照してください。
+
+input.paths
+入力ファイルのパスを指定します。フォルダーを指定することもできます。省略した場合は、現在のフォルダーが使用されます。詳しくは「入力」の節を参照してください。
+
+output.dir
+出力フォルダーのパスを指定します。フォルダーが存在しない場合は、自動的に作成されます。詳しくは「出力」の節を参照してください。
+
+output.format
+出力ファイルの形式を指定します。jsonl または parquet を指定することができます。省略した場合は、jsonl が使用されます。
+
+engine.workers
+同時に実行するプロセスの数を指定します。0 を指定した場合は、すべてのコアが使用されます。詳しくは「実行」の節を参照してください。
+
+engine.kind
+実行環境を指定します。local または ray を指定することができます。ray を指定する場合は、事前に Ray をインストールする必要があります。
+
+minhash.bands
+MinHash のバンドの数を指定します。値を大きくすると、より多くの重複を検出することができます。省略した場合は、14 が使用されます。
+
+minhash.rows
+各バンドの行の数を指定します。値を大きくすると、誤検出を減らすことができます。省略した場合は、8 が使用されます。
+""",
+    "zh": """配置文件
+
+配置文件用于修改程序的行为。关于配置文件的格式，请参阅下一节。
+
+input.paths
+指定输入文件的路径。也可以指定一个文件夹。如果省略，则使用当前文件夹。详细信息请参阅“输入”一节。
+
+output.dir
+指定输出文件夹的路径。如果文件夹不存在，将会自动创建。详细信息请参阅“输出”一节。
+
+output.format
+指定输出文件的格式。可以指定 jsonl 或 parquet。如果省略，则使用 jsonl。
+
+engine.workers
+指定同时运行的进程数。如果指定为 0，则使用所有核心。详细信息请参阅“运行”一节。
+
+engine.kind
+指定运行环境。可以指定 local 或 ray。如果指定 ray，需要事先安装 Ray。
+
+minhash.bands
+指定 MinHash 的分段数。值越大，能够检测到的重复越多。如果省略，则使用 14。
+
+minhash.rows
+指定每个分段的行数。值越大，误报越少。如果省略，则使用 8。
+""",
+    "th": """ไฟล์การตั้งค่า
+
+ไฟล์การตั้งค่าใช้สำหรับเปลี่ยนการทำงานของโปรแกรม ดูรูปแบบของไฟล์การตั้งค่าได้ในหัวข้อถัดไป
+
+input.paths
+กำหนดเส้นทางของไฟล์ข้อมูลเข้า สามารถกำหนดเป็นโฟลเดอร์ก็ได้ หากไม่ระบุ จะใช้โฟลเดอร์ปัจจุบัน ดูรายละเอียดได้ในหัวข้อ "ข้อมูลเข้า"
+
+output.dir
+กำหนดเส้นทางของโฟลเดอร์ผลลัพธ์ หากยังไม่มีโฟลเดอร์นี้ ระบบจะสร้างให้โดยอัตโนมัติ ดูรายละเอียดได้ในหัวข้อ "ผลลัพธ์"
+
+output.format
+กำหนดรูปแบบของไฟล์ผลลัพธ์ สามารถกำหนดเป็น jsonl หรือ parquet หากไม่ระบุ จะใช้ jsonl
+
+engine.workers
+กำหนดจำนวนโพรเซสที่ทำงานพร้อมกัน หากกำหนดเป็น 0 จะใช้ทุกคอร์ ดูรายละเอียดได้ในหัวข้อ "การทำงาน"
+
+engine.kind
+กำหนดสภาพแวดล้อมที่ใช้ทำงาน สามารถกำหนดเป็น local หรือ ray หากกำหนดเป็น ray ต้องติดตั้ง Ray ก่อน
+
+minhash.bands
+กำหนดจำนวนแถบของ MinHash ค่าที่มากขึ้นจะตรวจพบข้อมูลซ้ำได้มากขึ้น หากไม่ระบุ จะใช้ 14
+
+minhash.rows
+กำหนดจำนวนแถวในแต่ละแถบ ค่าที่มากขึ้นจะลดการตรวจพบผิดพลาด หากไม่ระบุ จะใช้ 8
+""",
+}

@@ -7,7 +7,7 @@ from itertools import combinations
 from icu4py.breakers import WordBreaker
 
 from curate_corpus import write_jsonl
-from multilingual_corpus import CORPORA
+from multilingual_corpus import CORPORA, DOC_PAGES
 from pasture.data.curate import run_curation
 from pasture.data.documents import Document
 from pasture.data.filters import HeuristicFilter
@@ -54,6 +54,23 @@ def test_ordinary_documents_in_every_script_are_kept_as_often_as_english():
         # the KL rule drops each language's 99th-percentile outlier, and nothing else goes
         assert kept == {"en": 29, "zh": 29, "ja": 29, "th": 29}, reasons
         assert {r for rs in reasons.values() for r in rs} == {None, "kl_outlier"}
+
+
+def test_documentation_pages_are_judged_by_ngrams_as_long_as_english_ones():
+    """The same page of set phrases in four languages: Japanese repeats its 5-word runs far more than English does
+    (its words are particles and auxiliaries), so its n-gram rules look at 10-grams."""
+    stage = HeuristicFilter(kl=False)
+    unscaled = HeuristicFilter(kl=False, ngram_scale={})
+    docs = {lang: Document(lang, page, meta={"language": lang}) for lang, page in DOC_PAGES.items()}
+    assert [stage.process(d) for d in docs.values()] == [None] * 4
+    assert unscaled.repetition_stats(docs["en"])["dup_5_gram"] < 0.15 < unscaled.repetition_stats(docs["ja"])["dup_5_gram"]
+    assert unscaled.process(docs["ja"]) == "gopher_repetition:dup_5_gram"
+    assert stage.ngram_limits("ja") == ({4: 0.2, 6: 0.18, 8: 0.16}, {10: 0.15, 12: 0.14, 14: 0.13, 16: 0.12, 18: 0.11, 20: 0.1})
+    assert stage.ngram_limits("zh") == stage.ngram_limits("en") == (stage.top_ngram_max, stage.dup_ngram_max)
+    words_per_english_word = {lang: len(TextFeatures(page).words) / len(TextFeatures(DOC_PAGES["en"]).words)
+                              for lang, page in DOC_PAGES.items()}
+    assert 1.4 < words_per_english_word["ja"] < 1.6 and 1.0 < words_per_english_word["th"] < 1.2
+    assert 0.8 < words_per_english_word["zh"] < 1.0
 
 
 def test_the_web_recipe_keeps_every_script_alike(tmp_path):

@@ -4,8 +4,8 @@ C4-style dirty-word counting, and token-distribution KL divergence to the corpus
 Llama 3 publishes no thresholds; the defaults are Gopher's (Rae et al. 2021, App. A)
 and C4's. All rules share one tokenisation per document (`TextFeatures`), in words of the
 document's own script (`pasture.data.segment`: dictionary words for Chinese, Japanese, Thai),
-so the word-count and n-gram thresholds carry over; the stop-word lists and the KL model are
-per language.
+so the word-count thresholds carry over; the stop-word lists, the n-gram lengths of the
+repetition rules and the KL model are per language.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ STOP_WORDS: dict[str, frozenset[str]] = {
 
 DEFAULT_TOP_NGRAM_MAX = {2: 0.20, 3: 0.18, 4: 0.16}
 DEFAULT_DUP_NGRAM_MAX = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+# Where a language's words are shorter than English ones, a word n-gram spans less of a sentence, and
+# set phrases fill Gopher's 5-grams: its n-gram rules use n x this factor there. Words per English word
+# on the parallel texts of tests/multilingual_corpus.py: Japanese 1.4-1.5, whose set phrases also run
+# long ("詳しくは…を参照してください" is 9 words, "see … for details" 4); Thai 1.1-1.2; Chinese 0.9-1.0.
+DEFAULT_NGRAM_SCALE = {"ja": 2.0, "th": 1.25}
 
 # random odd 64-bit multipliers: an n-gram's key is sum(id_k * M_k) mod 2**64
 _NGRAM_MULTIPLIERS = np.random.default_rng(20240723).integers(1, 2**63, size=32, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
@@ -169,6 +174,7 @@ class HeuristicFilter:
         max_dup_para_chars: float | None = 0.20,
         top_ngram_max: Mapping[int | str, float] | None = None,
         dup_ngram_max: Mapping[int | str, float] | None = None,
+        ngram_scale: Mapping[str, float] | None = None,
         max_dirty_words: int | None = 2,
         dirty_word_languages: Sequence[str] = (),
         dirty_word_files: Sequence[str] = (),
@@ -193,6 +199,7 @@ class HeuristicFilter:
         self.max_dup_para_chars = max_dup_para_chars
         self.top_ngram_max = _as_ngram_thresholds(DEFAULT_TOP_NGRAM_MAX if top_ngram_max is None else top_ngram_max, "top_ngram_max")
         self.dup_ngram_max = _as_ngram_thresholds(DEFAULT_DUP_NGRAM_MAX if dup_ngram_max is None else dup_ngram_max, "dup_ngram_max")
+        self.ngram_scale = dict(DEFAULT_NGRAM_SCALE if ngram_scale is None else ngram_scale)
         self.max_dirty_words = max_dirty_words
         self.dirty_words, self.dirty_phrases = self._load_dirty_words(dirty_word_languages, dirty_word_files)
         self.kl = kl
@@ -273,7 +280,7 @@ class HeuristicFilter:
         reason = self._gopher_quality(f, language)
         if reason:
             return reason
-        reason = self._gopher_repetition(f)
+        reason = self._gopher_repetition(f, language)
         if reason:
             return "gopher_repetition:" + reason
         if self.kl and n_words >= self.kl_min_words:
@@ -314,7 +321,13 @@ class HeuristicFilter:
                 return "stop_words"
         return None
 
-    def _gopher_repetition(self, f: TextFeatures) -> str | None:
+    def ngram_limits(self, language: str) -> tuple[dict[int, float], dict[int, float]]:
+        """The (top, duplicate) n-gram thresholds for a language, n scaled by `ngram_scale`."""
+        scale = self.ngram_scale.get(language, 1.0)
+        return ({max(round(n * scale), 1): v for n, v in self.top_ngram_max.items()},
+                {max(round(n * scale), 1): v for n, v in self.dup_ngram_max.items()})
+
+    def _gopher_repetition(self, f: TextFeatures, language: str) -> str | None:
         n_chars = max(len(f.text), 1)
         para_frac, para_chars = duplicate_fraction(f.paragraphs)
         if self.max_dup_para_frac is not None and para_frac > self.max_dup_para_frac:
@@ -326,16 +339,17 @@ class HeuristicFilter:
             return "dup_line_frac"
         if self.max_dup_line_chars is not None and line_chars / n_chars > self.max_dup_line_chars:
             return "dup_line_chars"
-        for n, limit in sorted(self.top_ngram_max.items()):
+        top, dup = self.ngram_limits(language)
+        for n, limit in sorted(top.items()):
             if top_ngram_char_fraction(f, n) > limit:
                 return f"top_{n}_gram"
-        for n, limit in sorted(self.dup_ngram_max.items()):
+        for n, limit in sorted(dup.items()):
             if duplicate_ngram_char_fraction(f, n) > limit:
                 return f"dup_{n}_gram"
         return None
 
     def repetition_stats(self, doc: Document) -> dict[str, float]:
-        """Every Gopher repetition measure of one document (for reports and tuning)."""
+        """Every Gopher repetition measure of one document (for reports and tuning), n-grams as its language's rules use them."""
         f = TextFeatures.of(doc)
         n_chars = max(len(f.text), 1)
         para_frac, para_chars = duplicate_fraction(f.paragraphs)
@@ -346,8 +360,9 @@ class HeuristicFilter:
             "dup_line_frac": line_frac,
             "dup_line_chars": line_chars / n_chars,
         }
-        for n in sorted(self.top_ngram_max):
+        top, dup = self.ngram_limits(document_language(doc))
+        for n in sorted(top):
             stats[f"top_{n}_gram"] = top_ngram_char_fraction(f, n)
-        for n in sorted(self.dup_ngram_max):
+        for n in sorted(dup):
             stats[f"dup_{n}_gram"] = duplicate_ngram_char_fraction(f, n)
         return stats
