@@ -460,6 +460,7 @@ class PipelineStageModule(nn.Module):
 
     rope_angles = Transformer.rope_angles
     init_rope = Transformer.init_rope
+    _apply = Transformer._apply  # keeps inv_freq fp32 through .to(dtype)
 
     def forward(self, x: torch.Tensor, document_ids: torch.Tensor | None = None) -> torch.Tensor:
         B, T = x.shape[:2]
