@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from pasture.train import pretrain as pt
+from pasture.train import pretrain, runner
 from pasture.train.loss import cross_entropy_sum
 from pasture.train.metrics import read_metrics
+from pasture.train.recipe import load_recipe, parse_recipe
 
 
 def checkpointed_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -78,18 +79,18 @@ def loss_alone(tokens: int, dim: int, vocab: int, chunk_tokens: int, repeats: in
 def training_steps(tokens_dir: str, steps: int, skip: int, chunk_tokens: int, before: bool, runs: Path) -> tuple[float, float]:
     """(mean s/step after `skip` steps, loss at the last step) for `pasture pretrain tiny`."""
     name = f"{'before' if before else 'pasture'}-{chunk_tokens}"
-    recipe, raw = pt.load_recipe("tiny", [
+    raw = load_recipe("tiny", [
         f"data.train={json.dumps([tokens_dir])}", f'log.dir="{runs / name}"', f"train.steps={steps}",
         "train.anneal_steps=0", "train.batch_ramp=[]", f"train.loss_chunk_tokens={chunk_tokens}",
-        "eval.every=1000", "eval.prompts=[]", "checkpoint.every=1000", "checkpoint.final=false",
+        "eval.every=1000", "eval.batches=2", "eval.prompts=[]", "checkpoint.every=1000", "checkpoint.final=false",
         "log.every=1", "log.progress=false", "log.tensorboard=false"])
-    ours = pt.cross_entropy_sum
-    if before:  # the training step calls the loss through pretrain's module namespace
-        pt.cross_entropy_sum = checkpointed_cross_entropy_sum
+    ours = runner.cross_entropy_sum
+    if before:  # the training step calls the loss through the runner module's namespace
+        runner.cross_entropy_sum = checkpointed_cross_entropy_sum
     try:
-        pt.pretrain(recipe, raw, log=lambda *_: None)
+        pretrain.pretrain(parse_recipe(raw), raw, log=lambda *_: None)
     finally:
-        pt.cross_entropy_sum = ours
+        runner.cross_entropy_sum = ours
     records = read_metrics(runs / name, "train")
     step_times = [r["step_time_s"] for r in records[skip:]]
     return sum(step_times) / len(step_times), records[-1]["loss"]

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from pasture.train import pretrain as pt
+from pasture.train.pretrain import pretrain
+from pasture.train.recipe import load_recipe, parse_recipe
 
 # (label, dim, layers, lr, steps): steps for ~230 s each on the idle 2-core dev box
 ROWS = [
@@ -39,14 +40,14 @@ HEAD_DIM = 32
 def train_row(tokens_dir: str, dim: int, layers: int, lr: float, steps: int, run_dir: Path) -> dict:
     heads = dim // HEAD_DIM
     kv_heads = 2 if heads % 2 == 0 else 1
-    recipe, raw = pt.load_recipe("tiny", [
+    raw = load_recipe("tiny", [
         f"data.train={json.dumps([tokens_dir])}", f'log.dir="{run_dir}"', f"model.dim={dim}",
         f"model.n_layers={layers}", f"model.n_heads={heads}", f"model.n_kv_heads={kv_heads}", f"optim.lr={lr}",
         f"train.steps={steps}", f"train.anneal_steps={max(1, steps // 10)}", f"optim.warmup_steps={min(30, steps // 4)}",
         f"eval.every={steps}", "eval.prompts=[]", "checkpoint.every=100000", "checkpoint.final=false",
         "checkpoint.anneal_every=0", "log.progress=false", "log.tensorboard=false"])
     t0 = time.perf_counter()
-    summary = pt.pretrain(recipe, raw, log=lambda *_: None)
+    summary = pretrain(parse_recipe(raw), raw, log=lambda *_: None)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "tokens": summary["tokens_seen"], "val_bpb": summary["val_bpb"]}
 

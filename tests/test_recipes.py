@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pasture.train.schedule import stage_value
+from pasture.train.schedule import schedule_value
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "pasture" / "recipes"
 
@@ -19,13 +19,13 @@ def train_section(name: str) -> dict:
 def walk(train: dict) -> dict:
     """Tokens trained, tokens annealed and the sequence length while annealing, stepping the
     batch ramp and the length stages exactly as pre-training does (whole runs of equal steps)."""
-    seq_stages, ramp = train.get("seq_len_stages", []), train.get("batch_ramp", [])
+    seq_stages, ramp = train.get("seq_len_schedule", []), train.get("batch_ramp", [])
     steps, anneal_start = train["steps"], train["steps"] - train.get("anneal_steps", 0)
     step = tokens = annealed = 0
     anneal_seq_lens = set()
     while step < steps:
-        seq_len = stage_value(seq_stages, tokens, "seq") if seq_stages else train["seq_len"]
-        batch = stage_value(ramp, tokens, "ramp") // seq_len if ramp else train["batch_size"]
+        seq_len = schedule_value(seq_stages, tokens, "seq") if seq_stages else train["seq_len"]
+        batch = schedule_value(ramp, tokens, "ramp") // seq_len if ramp else train["batch_size"]
         per_step = batch * seq_len
         end = anneal_start if step < anneal_start else steps
         thresholds = [t for t, _ in seq_stages + ramp if t > tokens]
@@ -49,7 +49,7 @@ def test_405b_chain_is_pretrain_then_six_long_context_stages_then_annealing():
     pretrain, long = train_section("405b"), train_section("405b-long")
     assert pretrain.get("anneal_steps", 0) == 0  # annealing comes after long context
     assert tomllib.loads((RECIPES / "405b-long.toml").read_text())["model"]["init_from"] == "runs/405b"
-    lengths = [seq_len for _, seq_len in long["seq_len_stages"]]
+    lengths = [seq_len for _, seq_len in long["seq_len_schedule"]]
     assert len(lengths) == 6 and lengths == sorted(lengths)
     assert lengths[0] > pretrain["seq_len"] == 8192 and lengths[-1] == long["seq_len"] == 131072
     run = walk(long)
