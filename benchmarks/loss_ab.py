@@ -81,6 +81,7 @@ def training_steps(tokens_dir: str, steps: int, skip: int, chunk_tokens: int, be
     name = f"{'before' if before else 'pasture'}-{chunk_tokens}"
     raw = load_recipe("tiny", [
         f"data.train={json.dumps([tokens_dir])}", f'log.dir="{runs / name}"', f"train.steps={steps}",
+        f"optim.warmup_steps={min(30, steps)}",
         "train.anneal_steps=0", "train.batch_ramp=[]", f"train.loss_chunk_tokens={chunk_tokens}",
         "eval.every=1000", "eval.batches=2", "eval.prompts=[]", "checkpoint.every=1000", "checkpoint.final=false",
         "log.every=1", "log.progress=false", "log.tensorboard=false"])
