@@ -1,6 +1,5 @@
 """Quality labels from a pasture model as teacher: a model trained on prose finds prose predictable."""
 
-import numpy as np
 from test_filters_quality import low_quality_pages, stdlib_docstrings
 
 from pasture.cli import main
