@@ -361,6 +361,17 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig
     return model_formats.read_weights(path)
 
 
+def transformer_prefix(folder: Path) -> str:
+    """The parameter-name prefix of the Transformer in a checkpoint of a wrapped model (a reward
+    model's `transformer.`), '' for a plain one: read from the checkpoint's metadata."""
+    import torch.distributed.checkpoint as dcp
+
+    for key in dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata:
+        if key.startswith("model.") and key.endswith("tok_embeddings.weight"):
+            return key[len("model."):-len("tok_embeddings.weight")]
+    return ""
+
+
 def read_model_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """Model weights (unsharded, CPU) and config from a run or checkpoint folder, without a process group."""
     folder = resolve(path)
@@ -372,12 +383,13 @@ def read_model_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     if config.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
 
-    state = {"model": model.state_dict()}
-    try:
-        dcp.load(state, checkpoint_id=str(folder))
+    prefix = transformer_prefix(folder)
+    state = {"model": {prefix + k: v for k, v in model.state_dict().items()}}
+    try:  # no_dist: one rank reads alone (write_final_model) even inside a process group
+        dcp.load(state, checkpoint_id=str(folder), no_dist=True)
     except Exception as e:
         raise CheckpointCorrupt(f"cannot read {folder}: {type(e).__name__}: {e}") from None
-    weights = dict(state["model"])
+    weights = {k[len(prefix):]: v for k, v in state["model"].items()}
     if config.tie_embeddings:
         weights.pop("output.weight", None)
     return weights, config
