@@ -19,6 +19,7 @@ given (`tokenizer_fields`) and leaves their meaning to `pasture.tokenizer`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -123,13 +124,25 @@ def dequantize(tensor: gguf.ReaderTensor) -> np.ndarray:
     return np.array(values, dtype=np.float32).reshape(tuple(reversed([int(n) for n in tensor.shape])))
 
 
-def _rope_scaling_from_factors(factors: np.ndarray, config: ModelConfig) -> RopeScaling:
-    """The Llama 3.1 scaling whose per-frequency divisors are `factors` (llama.cpp's rope_freqs)."""
-    factor = float(factors.max())
-    candidate = RopeScaling(factor=factor)  # low 1, high 4, original 8192: every Llama 3.1 / 3.2 model
-    unscaled = rope_inverse_frequencies(config.replace(rope_scaling=None)).numpy()
-    scaled = rope_inverse_frequencies(config.replace(rope_scaling=candidate)).numpy()
-    if factors.shape != unscaled.shape or not np.allclose(unscaled / scaled, factors, rtol=1e-4):
+def _rope_scaling_from_factors(factors: np.ndarray, config: ModelConfig) -> RopeScaling | None:
+    """The Llama 3.1 scaling whose per-frequency divisors are `factors` (llama.cpp's rope_freqs).
+
+    Every Llama 3.1 / 3.2 model uses low_freq_factor 1, high_freq_factor 4 and an original
+    context of 8192; only `factor` varies. It is the divisor of a frequency past the low-frequency
+    wavelength, or follows from a blended one: 1/divisor = (1 - s) / factor + s.
+    """
+    shape = RopeScaling(factor=1.0)
+    wavelengths = 2 * math.pi / rope_inverse_frequencies(config.replace(rope_scaling=None)).numpy()
+    smooth = (shape.original_max_position_embeddings / wavelengths - shape.low_freq_factor) / (
+        shape.high_freq_factor - shape.low_freq_factor)
+    estimates = [float(f) if w > shape.original_max_position_embeddings / shape.low_freq_factor
+                 else float((1 - s) / (1 / f - s)) for f, w, s in zip(factors, wavelengths, smooth) if f != 1]
+    if factors.shape != wavelengths.shape:
+        raise CheckpointError(f"rope_freqs.weight has {factors.size} entries, not head_dim / 2 = {wavelengths.size}")
+    if not estimates:
+        return None  # no frequency is scaled: plain RoPE
+    candidate = RopeScaling(factor=round(estimates[0], 4))
+    if not np.allclose(rope_factors(config.replace(rope_scaling=candidate)), factors, rtol=1e-4):
         raise CheckpointError(
             "rope_freqs.weight is not Llama 3.1 frequency scaling (low_freq_factor 1, high_freq_factor 4, "
             "original context 8192); pasture cannot reproduce this RoPE"

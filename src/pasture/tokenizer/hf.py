@@ -437,5 +437,5 @@ def as_hf_tokenizer(tokenizer: Tokenizer) -> HFTokenizer:
     return HFTokenizer(
         spec, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, eot_id=tokenizer.eot_id, eom_id=tokenizer.eom_id,
         pad_id=tokenizer.pad_id, add_bos=True, chat_template=LLAMA3_CHAT_TEMPLATE, pre="llama-bpe",
-        name=getattr(tokenizer.model, "name", "tiktoken"),
+        name=tokenizer.name,
     )

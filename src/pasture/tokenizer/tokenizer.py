@@ -204,6 +204,7 @@ class Tokenizer:
     def __init__(self, mergeable_ranks: dict[bytes, int], name: str = "tokenizer") -> None:
         import tiktoken
 
+        self.name = name
         self.mergeable_ranks = mergeable_ranks
         self.num_base_tokens = len(mergeable_ranks)
         self.special_tokens: dict[str, int] = {
