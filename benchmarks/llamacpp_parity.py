@@ -105,8 +105,7 @@ def main() -> None:
         pairs.append((text, theirs))
 
     state, config = read_gguf(args.gguf, progress=False)
-    model, _ = pm.load(args.gguf)
-    model.eval()
+    model = pm.from_weights(state, config).eval()
     rows = compare("source", llm, model, pairs, args.tokens)
     if args.fixture:
         args.fixture.parent.mkdir(parents=True, exist_ok=True)
