@@ -23,6 +23,7 @@ import torch
 
 from pasture.model.config import PRESETS, ConfigError, ModelConfig, RopeScaling, preset
 from pasture.model.convert import CheckpointError, read_checkpoint, write_checkpoint
+from pasture.model.gguf import is_gguf, read_gguf
 from pasture.model.llama import KVCache, Transformer
 
 __all__ = [
@@ -48,7 +49,8 @@ def build(config: ModelConfig, device: str | torch.device = "cpu", dtype: torch.
 
 def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
          attention_backend: str = "auto", seed: int = 0) -> tuple[Transformer, ModelConfig]:
-    """A model and its config from a preset name or a pasture / Hugging Face / Meta model folder.
+    """A model and its config from a preset name, a pasture / Hugging Face / Meta model folder,
+    or a llama GGUF file (dequantized).
 
     Training runs and checkpoints are opened by `pasture.runs.load`, which reads these too.
     """
@@ -63,9 +65,13 @@ def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: 
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
-    """Weights (pasture names) and config of a pasture / Hugging Face / Meta model folder, or
-    of a finished run's final model."""
+    """Weights (pasture names) and config of a pasture / Hugging Face / Meta model folder, of a
+    finished run's final model, or of a llama GGUF file."""
     folder = Path(path)
+    if is_gguf(folder):
+        return read_gguf(folder)
+    if not folder.exists():
+        raise CheckpointError(f"{str(path)!r} is neither a preset ({', '.join(PRESETS)}) nor an existing model folder")
     if (folder / FINAL_MODEL_DIR / "config.json").is_file():
         folder = folder / FINAL_MODEL_DIR
     elif (folder / TRAINING_CHECKPOINTS).is_dir():

@@ -11,7 +11,10 @@ from pasture.documents import iter_documents
 from pasture.tokenizer.tokenizer import LLAMA3_SPEC, Tokenizer, TokenizerError
 from pasture.tokenizer.train import measure_compression, train_tokenizer
 
-TOKENIZER_HELP = "a tokenizer.model file, a folder holding one, or 'llama3' for Meta's (from llama-models)"
+TOKENIZER_HELP = (
+    "a tiktoken tokenizer.model, a Hugging Face tokenizer.json, a .gguf file (its embedded vocabulary), "
+    "a folder holding one of them, or 'llama3' for Meta's (from llama-models)"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

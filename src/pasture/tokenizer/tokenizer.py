@@ -79,10 +79,12 @@ def find_tokenizer(model_folder: str | os.PathLike, explicit: str | None = None)
 
 
 def resolve_tokenizer_path(spec: str | os.PathLike) -> Path:
-    """Turn a `--tokenizer` value into a `tokenizer.model` path.
+    """Turn a `--tokenizer` value into a tokenizer file path.
 
-    `llama3` means Meta's Llama 3 file shipped in the `llama-models` package; a folder
-    means the `tokenizer.model` inside it (what `pasture tokenizer train` writes).
+    `llama3` means Meta's Llama 3 file shipped in the `llama-models` package; a file is taken
+    as it is (a tiktoken `tokenizer.model`, a `tokenizer.json` or a `.gguf`); a folder means the
+    first of `TOKENIZER_FILES` found in it, in its `tokenizer/` subfolder (a speedrun folder) or
+    its parents (a checkpoint inside a run folder), else its one `.gguf` file.
     """
     if str(spec) == LLAMA3_SPEC:
         try:
@@ -97,10 +99,27 @@ def resolve_tokenizer_path(spec: str | os.PathLike) -> Path:
         return path
     path = Path(spec)
     if path.is_dir():
-        path = path / "tokenizer.model"
+        return _tokenizer_in_folder(path)
     if not path.is_file():
         raise TokenizerError(f"tokenizer file {path} does not exist")
     return path
+
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
+def _tokenizer_in_folder(folder: Path) -> Path:
+    for place in (folder, folder / "tokenizer", folder.parent, folder.parent.parent):
+        for name in TOKENIZER_FILES:
+            if (place / name).is_file():
+                return place / name
+    ggufs = sorted(folder.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ggufs[0]
+    raise TokenizerError(
+        f"no tokenizer in {folder}: expected {' or '.join(TOKENIZER_FILES)} (here, in tokenizer/ or in a parent "
+        f"run folder) or exactly one .gguf file, found {len(ggufs)}"
+    )
 
 
 def read_bpe_ranks(path: str | os.PathLike) -> dict[bytes, int]:
@@ -192,6 +211,8 @@ class Tokenizer:
     """
 
     def __init__(self, mergeable_ranks: dict[bytes, int], name: str = "tokenizer") -> None:
+        self.name = name
+        self.mergeable_ranks = mergeable_ranks
         self.num_base_tokens = len(mergeable_ranks)
         self.special_tokens: dict[str, int] = {
             token: self.num_base_tokens + i for i, token in enumerate(SPECIAL_TOKEN_NAMES)
@@ -212,12 +233,23 @@ class Tokenizer:
         self.start_header_id = self.special_tokens["<|start_header_id|>"]
         self.end_header_id = self.special_tokens["<|end_header_id|>"]
         self.stop_tokens = [self.eos_id, self.eom_id, self.eot_id]
+        self.add_bos = True  # Llama 3 prompts and documents start with <|begin_of_text|>
+        self.chat_template: str | None = None  # Llama 3 dialogs are encoded by ChatFormat
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
-        """Load a tiktoken-format `tokenizer.model` (or `llama3`, or a folder holding one)."""
+        """Any tokenizer pasture reads, by what `path` holds (see `resolve_tokenizer_path`):
+        a tiktoken `tokenizer.model` (or `llama3`), a Hugging Face `tokenizer.json`, a `.gguf`
+        file's embedded vocabulary, or a model / run folder holding one of them."""
         resolved = resolve_tokenizer_path(path)
-        return cls(read_bpe_ranks(resolved), name=str(resolved))
+        if resolved.name == "tokenizer.json" or resolved.suffix in (".json", ".gguf"):
+            # imported here: hf.py subclasses this class, so it cannot be imported at the top
+            from pasture.tokenizer.hf import HFTokenizer
+
+            if resolved.suffix == ".gguf":
+                return HFTokenizer.from_gguf(resolved)
+            return HFTokenizer.from_tokenizer_json(resolved)
+        return Tokenizer(read_bpe_ranks(resolved), name=str(resolved))
 
     @property
     def vocab_size(self) -> int:
@@ -245,12 +277,7 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"encode expects str, got {type(text).__name__}")
-        ids = [self.bos_id] if bos else []
-        for piece in split_for_tiktoken(text):
-            ids.extend(self._encode_piece(piece, allowed_special, disallowed_special))
-        if eos:
-            ids.append(self.eos_id)
-        return ids
+        return self._with_bos_eos(self._encode_texts([text], allowed_special, disallowed_special, 1)[0], bos, eos)
 
     def encode_batch(
         self,
@@ -262,14 +289,30 @@ class Tokenizer:
         disallowed_special: SpecialSet | Collection[str] = (),
         num_threads: int = 8,
     ) -> list[list[int]]:
-        """`encode` for many texts at once on tiktoken's thread pool (it releases the GIL)."""
+        """`encode` for many texts at once, on the engine's thread pool."""
+        encoded = self._encode_texts(texts, allowed_special, disallowed_special, num_threads)
+        return [self._with_bos_eos(ids, bos, eos) for ids in encoded]
+
+    def _with_bos_eos(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
+        for wanted, token_id, name in ((bos, self.bos_id, "BOS"), (eos, self.eos_id, "EOS")):
+            if wanted and token_id is None:
+                raise TokenizerError(f"{self.name} has no {name} token")
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def _encode_texts(
+        self, texts: Sequence[str], allowed_special: SpecialSet, disallowed_special: SpecialSet | Collection[str],
+        num_threads: int,
+    ) -> list[list[int]]:
+        """Ids of each text without BOS/EOS: tiktoken on Meta's pieces (it releases the GIL)."""
         pieces: list[str] = []
         owner: list[int] = []
         for i, text in enumerate(texts):
             for piece in split_for_tiktoken(text):
                 pieces.append(piece)
                 owner.append(i)
-        if not allowed_special and not disallowed_special:
+        if len(pieces) == 1:
+            encoded = [self._encode_piece(pieces[0], allowed_special, disallowed_special)]
+        elif not allowed_special and not disallowed_special:
             encoded = self.model.encode_ordinary_batch(pieces, num_threads=num_threads)
         else:
             encoded = self.model.encode_batch(
@@ -278,12 +321,9 @@ class Tokenizer:
                 allowed_special=allowed_special,
                 disallowed_special=disallowed_special,
             )
-        out: list[list[int]] = [[self.bos_id] if bos else [] for _ in texts]
+        out: list[list[int]] = [[] for _ in texts]
         for i, ids in zip(owner, encoded):
             out[i].extend(ids)
-        if eos:
-            for ids in out:
-                ids.append(self.eos_id)
         return out
 
     def decode(self, ids: Sequence[int]) -> str:
