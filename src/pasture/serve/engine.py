@@ -289,11 +289,11 @@ class Engine:
             )
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Token ids as given, or a string encoded with the tokenizer (BOS first, as Llama 3 completions)."""
+        """Token ids as given, or a string encoded with the tokenizer (BOS first where the tokenizer adds one)."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("string prompts need a tokenizer; pass token ids or give the engine one")
-            return list(self.tokenizer.encode(prompt, bos=True))
+            return list(self.tokenizer.encode(prompt, bos=getattr(self.tokenizer, "add_bos", True)))
         return [int(t) for t in prompt]
 
     def close(self) -> None:
