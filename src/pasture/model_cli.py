@@ -52,12 +52,12 @@ def _info(args: argparse.Namespace) -> int:
     if args.model in PRESETS and not Path(args.model).exists():
         config, name = preset(args.model), args.model
     else:
-        from pasture.model import _read_any
+        from pasture.runs import read_weights
         from pasture.model.convert import CheckpointError
 
         if not Path(args.model).exists():
             raise CheckpointError(f"{args.model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
-        _, config = _read_any(Path(args.model))
+        _, config = read_weights(args.model)
         name = args.model
     print(describe(config, args.seq_len, name))
     return 0
@@ -69,7 +69,7 @@ def _convert(args: argparse.Namespace) -> int:
     import torch
 
     from pasture.errors import PastureError
-    from pasture.model import _read_any
+    from pasture.runs import read_weights
     from pasture.model.convert import write_checkpoint
     from pasture.model.gguf import write_gguf
     from pasture.tokenizer import Tokenizer, TokenizerError, as_hf_tokenizer
@@ -84,7 +84,7 @@ def _convert(args: argparse.Namespace) -> int:
         if args.to == "gguf":
             raise PastureError(f"{e}. A GGUF carries its tokenizer: pass --tokenizer PATH") from None
         tokenizer = None
-    state, config = _read_any(Path(args.src))
+    state, config = read_weights(args.src)
     if args.to == "gguf":
         dtype = args.dtype or str(next(iter(state.values())).dtype).removeprefix("torch.")
         out = write_gguf(state, config, args.dst, dtype=dtype, tokenizer_fields=as_hf_tokenizer(tokenizer).gguf_fields(),

@@ -166,7 +166,8 @@ def tokenize_stage(cfg: SpeedrunConfig, docs: list[str], tokenizer_path: str) ->
 
 
 def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    from pasture.train.pretrain import load_recipe, pretrain
+    from pasture.train.pretrain import pretrain
+    from pasture.train.recipe import load_recipe, parse_recipe
 
     recipe_name = PRESET_RECIPES.get(cfg.preset)
     if recipe_name is None:
@@ -179,9 +180,9 @@ def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
         f'eval.prompts={json.dumps(cfg.prompts)}',
         *cfg.recipe_overrides,
     ]
-    recipe, raw = load_recipe(recipe_name, overrides)
+    raw = load_recipe(recipe_name, overrides)
     started = time.perf_counter()
-    summary = pretrain(recipe, raw)
+    summary = pretrain(parse_recipe(raw), raw)
     summary["wall_seconds"] = time.perf_counter() - started
     summary["recipe"] = recipe_name
     summary["overrides"] = cfg.recipe_overrides
@@ -210,9 +211,11 @@ def unigram_bits_per_byte(tokens_dir: Path) -> dict[str, float]:
 def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     import torch
 
-    from pasture.model import load
+    from pasture.runs import describe, load
     from pasture.train.loader import ValidationLoader
-    from pasture.train.pretrain import evaluate, parse_recipe, resolve_device
+    from pasture.runtime import resolve_device
+    from pasture.train.recipe import parse_recipe
+    from pasture.train.validation import evaluate
     from pasture.train.shards import TokenDataset
 
     device = resolve_device("auto")
@@ -224,14 +227,15 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     metrics.update(unigram_bits_per_byte(cfg.run_dir / "tokens"))
     metrics["bpb_vs_unigram"] = metrics["val_bpb"] / metrics["unigram_bpb"]
     metrics["beats_unigram"] = metrics["val_bpb"] < metrics["unigram_bpb"]
+    metrics["weights"] = describe(cfg.run_dir / "train")
     return metrics
 
 
 def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    from pasture.model import load
+    from pasture.runs import describe, load
+    from pasture.runtime import resolve_device
     from pasture.serve import Engine, SamplingParams
     from pasture.tokenizer import Tokenizer
-    from pasture.train.pretrain import resolve_device
 
     device = resolve_device("auto")
     model, _ = load(cfg.run_dir / "train", device=device)
@@ -241,7 +245,7 @@ def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
         results = engine.generate(list(cfg.prompts), params)
     samples = [{"prompt": prompt, "completion": r.text, "temperature": params.temperature, "top_p": params.top_p,
                 "tokens": r.completion_tokens} for prompt, r in zip(cfg.prompts, results)]
-    return {"samples": samples}
+    return {"samples": samples, "weights": describe(cfg.run_dir / "train")}
 
 
 # ---------------------------------------------------------------- the job

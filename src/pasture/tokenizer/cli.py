@@ -9,7 +9,10 @@ import sys
 from pasture.cli_args import byte_size
 from pasture.tokenizer.tokenizer import LLAMA3_SPEC, TokenizerError
 
-TOKENIZER_HELP = "a tokenizer.model file, a folder holding one, or 'llama3' for Meta's (from llama-models)"
+TOKENIZER_HELP = (
+    "a tiktoken tokenizer.model, a Hugging Face tokenizer.json, a .gguf file (its embedded vocabulary), "
+    "a folder holding one of them, or 'llama3' for Meta's (from llama-models)"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

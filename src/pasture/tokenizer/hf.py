@@ -288,11 +288,22 @@ class HFTokenizer(Tokenizer):
             if token in text:
                 raise ValueError(f"text contains the special token {token!r}, which is disallowed")
 
-    def _encode_text(self, text: str, allowed_special: SpecialSet) -> list[int]:
+    def _encode_texts(
+        self, texts: Sequence[str], allowed_special: SpecialSet, disallowed_special: SpecialSet | Collection[str],
+        num_threads: int,
+    ) -> list[list[int]]:
+        """Ids of each text without BOS/EOS; plain text runs on the `tokenizers` thread pool."""
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"encode expects str, got {type(text).__name__}")
+            self._check_disallowed(text, allowed_special, disallowed_special)
         if allowed_special == "all":
-            return self.backend.encode(text, add_special_tokens=False).ids
+            return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
         if not allowed_special or self._special_pattern is None:
-            return self.plain_backend.encode(text, add_special_tokens=False).ids
+            return [e.ids for e in self.plain_backend.encode_batch(list(texts), add_special_tokens=False)]
+        return [self._encode_with_some_specials(text, allowed_special) for text in texts]
+
+    def _encode_with_some_specials(self, text: str, allowed_special: SpecialSet) -> list[int]:
         ids: list[int] = []
         start = 0
         for match in self._special_pattern.finditer(text):
@@ -303,44 +314,6 @@ class HFTokenizer(Tokenizer):
             start = match.end()
         ids.extend(self.plain_backend.encode(text[start:], add_special_tokens=False).ids)
         return ids
-
-    def encode(
-        self,
-        text: str,
-        bos: bool = False,
-        eos: bool = False,
-        *,
-        allowed_special: SpecialSet = frozenset(),
-        disallowed_special: SpecialSet | Collection[str] = (),
-    ) -> list[int]:
-        """Token ids of `text`; special-token strings are plain text unless in `allowed_special`."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects str, got {type(text).__name__}")
-        self._check_disallowed(text, allowed_special, disallowed_special)
-        return self._with_bos_eos(self._encode_text(text, allowed_special), bos, eos)
-
-    def _with_bos_eos(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
-        for wanted, token_id, name in ((bos, self.bos_id, "BOS"), (eos, self.eos_id, "EOS")):
-            if wanted and token_id is None:
-                raise TokenizerError(f"{self.name} has no {name} token")
-        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
-
-    def encode_batch(
-        self,
-        texts: Sequence[str],
-        bos: bool = False,
-        eos: bool = False,
-        *,
-        allowed_special: SpecialSet = frozenset(),
-        disallowed_special: SpecialSet | Collection[str] = (),
-        num_threads: int = 8,
-    ) -> list[list[int]]:
-        """`encode` for many texts; plain text runs on the `tokenizers` thread pool."""
-        if allowed_special or disallowed_special:
-            return [self.encode(t, bos, eos, allowed_special=allowed_special, disallowed_special=disallowed_special)
-                    for t in texts]
-        encoded = self.plain_backend.encode_batch(list(texts), add_special_tokens=False)
-        return [self._with_bos_eos(e.ids, bos, eos) for e in encoded]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids; bytes that are not valid UTF-8 become U+FFFD."""

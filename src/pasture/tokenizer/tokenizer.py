@@ -270,12 +270,7 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"encode expects str, got {type(text).__name__}")
-        ids = [self.bos_id] if bos else []
-        for piece in split_for_tiktoken(text):
-            ids.extend(self._encode_piece(piece, allowed_special, disallowed_special))
-        if eos:
-            ids.append(self.eos_id)
-        return ids
+        return self._with_bos_eos(self._encode_texts([text], allowed_special, disallowed_special, 1)[0], bos, eos)
 
     def encode_batch(
         self,
@@ -287,14 +282,30 @@ class Tokenizer:
         disallowed_special: SpecialSet | Collection[str] = (),
         num_threads: int = 8,
     ) -> list[list[int]]:
-        """`encode` for many texts at once on tiktoken's thread pool (it releases the GIL)."""
+        """`encode` for many texts at once, on the engine's thread pool."""
+        encoded = self._encode_texts(texts, allowed_special, disallowed_special, num_threads)
+        return [self._with_bos_eos(ids, bos, eos) for ids in encoded]
+
+    def _with_bos_eos(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
+        for wanted, token_id, name in ((bos, self.bos_id, "BOS"), (eos, self.eos_id, "EOS")):
+            if wanted and token_id is None:
+                raise TokenizerError(f"{self.name} has no {name} token")
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def _encode_texts(
+        self, texts: Sequence[str], allowed_special: SpecialSet, disallowed_special: SpecialSet | Collection[str],
+        num_threads: int,
+    ) -> list[list[int]]:
+        """Ids of each text without BOS/EOS: tiktoken on Meta's pieces (it releases the GIL)."""
         pieces: list[str] = []
         owner: list[int] = []
         for i, text in enumerate(texts):
             for piece in split_for_tiktoken(text):
                 pieces.append(piece)
                 owner.append(i)
-        if not allowed_special and not disallowed_special:
+        if len(pieces) == 1:
+            encoded = [self._encode_piece(pieces[0], allowed_special, disallowed_special)]
+        elif not allowed_special and not disallowed_special:
             encoded = self.model.encode_ordinary_batch(pieces, num_threads=num_threads)
         else:
             encoded = self.model.encode_batch(
@@ -303,12 +314,9 @@ class Tokenizer:
                 allowed_special=allowed_special,
                 disallowed_special=disallowed_special,
             )
-        out: list[list[int]] = [[self.bos_id] if bos else [] for _ in texts]
+        out: list[list[int]] = [[] for _ in texts]
         for i, ids in zip(owner, encoded):
             out[i].extend(ids)
-        if eos:
-            for ids in out:
-                ids.append(self.eos_id)
         return out
 
     def decode(self, ids: Sequence[int]) -> str:
