@@ -19,8 +19,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
+from pasture import runs
+from pasture.data import recipe as curation
+from pasture.data.curate import run_curation
+from pasture.data.gather import default_roots, gather
+from pasture.data.sources import input_files
 from pasture.errors import PastureError
+from pasture.report.card import environment, write_report
+from pasture.runtime import resolve_device
+from pasture.serve import Engine, SamplingParams
+from pasture.tokenizer import Tokenizer, train_tokenizer
+from pasture.train.loader import ValidationLoader
+from pasture.train.metrics import read_metrics
+from pasture.train.pretrain import pretrain
+from pasture.train.recipe import load_recipe, parse_recipe
+from pasture.train.shards import TokenDataset
+from pasture.train.tokenize import tokenize_documents
+from pasture.train.validation import evaluate
 
 RUN_LAYOUT = {
     "sources/": "gathered documents (documents-NNNNN.jsonl.zst shards)",
@@ -98,12 +115,8 @@ class Stages:
 
 
 def gather_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    from pasture.data.gather import default_roots, gather
-
     out = cfg.run_dir / "sources"
     if cfg.sources:
-        from pasture.data.sources import input_files
-
         files = input_files(cfg.sources)  # missing or unreadable sources fail here, before any later stage
         return {"inputs": list(cfg.sources), "files": [{"path": str(f), "bytes": f.stat().st_size} for f in files],
                 "bytes": sum(f.stat().st_size for f in files)}
@@ -118,9 +131,7 @@ def gather_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
 
 def curation_recipe(cfg: SpeedrunConfig, inputs: list[str]) -> dict[str, Any]:
     """The shipped web recipe, set for a corpus of source code and documentation."""
-    from pasture.data.recipe import load_recipe
-
-    recipe = load_recipe("web")
+    recipe = curation.load_recipe("web")
     recipe["input"]["paths"] = inputs
     recipe["output"]["dir"] = str(cfg.run_dir / "curated")
     recipe["output"]["format"] = "jsonl.zst"
@@ -142,8 +153,6 @@ def curation_recipe(cfg: SpeedrunConfig, inputs: list[str]) -> dict[str, Any]:
 def curate_stage(cfg: SpeedrunConfig, gathered: dict[str, Any]) -> dict[str, Any]:
     if not cfg.curate:
         return {"skipped": True, "outputs": gathered["inputs"], "note": "curation switched off (--no-curate)"}
-    from pasture.data.curate import run_curation
-
     stats = run_curation(curation_recipe(cfg, gathered["inputs"]))
     return {**stats, "outputs": [str(cfg.run_dir / "curated" / "data")],
             "note": "Llama 3 pipeline: URL de-duplication, MinHash, line de-duplication, heuristic filters "
@@ -151,24 +160,17 @@ def curate_stage(cfg: SpeedrunConfig, gathered: dict[str, Any]) -> dict[str, Any
 
 
 def tokenizer_stage(cfg: SpeedrunConfig, docs: list[str]) -> dict[str, Any]:
-    from pasture.tokenizer import train_tokenizer
-
     stats = train_tokenizer(docs, cfg.vocab_size, cfg.run_dir / "tokenizer", show_progress=cfg.progress)
     return {**stats, "path": str(cfg.run_dir / "tokenizer" / "tokenizer.model")}
 
 
 def tokenize_stage(cfg: SpeedrunConfig, docs: list[str], tokenizer_path: str) -> dict[str, Any]:
-    from pasture.train.tokenize import tokenize_documents
-
     # overwrite: a dataset left by an interrupted attempt of this stage is never a finished one
     return tokenize_documents(docs, tokenizer_path, cfg.run_dir / "tokens", val_fraction=cfg.val_fraction,
                               progress=cfg.progress, overwrite=True)
 
 
 def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    from pasture.train.pretrain import pretrain
-    from pasture.train.recipe import load_recipe, parse_recipe
-
     recipe_name = PRESET_RECIPES.get(cfg.preset)
     if recipe_name is None:
         raise PastureError(f"--preset {cfg.preset!r}: choose one of {', '.join(PRESET_RECIPES)}")
@@ -181,8 +183,12 @@ def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
         *cfg.recipe_overrides,
     ]
     raw = load_recipe(recipe_name, overrides)
+    recipe = parse_recipe(raw)
     started = time.perf_counter()
-    summary = pretrain(parse_recipe(raw), raw)
+    summary = pretrain(recipe, raw)
+    if summary["steps"] < recipe.train.steps:  # stopped by a signal: not finished, so not recorded as done
+        raise PastureError(f"pre-training stopped at step {summary['steps']} of {recipe.train.steps}; "
+                           "run the same command again to resume it")
     summary["wall_seconds"] = time.perf_counter() - started
     summary["recipe"] = recipe_name
     summary["overrides"] = cfg.recipe_overrides
@@ -192,8 +198,6 @@ def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
 def unigram_bits_per_byte(tokens_dir: Path) -> dict[str, float]:
     """The baseline the model must beat: a unigram model of the training tokens (add-one
     smoothed), scored on exactly the validation targets the model is scored on."""
-    from pasture.train.shards import TokenDataset
-
     train = TokenDataset(tokens_dir, "train")
     val = TokenDataset(tokens_dir, "val")
     counts = np.zeros(train.vocab_size, dtype=np.float64)
@@ -209,17 +213,8 @@ def unigram_bits_per_byte(tokens_dir: Path) -> dict[str, float]:
 
 
 def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    import torch
-
-    from pasture.runs import describe, load
-    from pasture.train.loader import ValidationLoader
-    from pasture.runtime import resolve_device
-    from pasture.train.recipe import parse_recipe
-    from pasture.train.validation import evaluate
-    from pasture.train.shards import TokenDataset
-
     device = resolve_device("auto")
-    model, _ = load(cfg.run_dir / "train", device=device)
+    model, _ = runs.load(cfg.run_dir / "train", device=device)
     val = TokenDataset(cfg.run_dir / "tokens", "val")
     seq_len = parse_recipe(json.loads((cfg.run_dir / "train" / "recipe.json").read_text())).train.seq_len
     loader = ValidationLoader(val, batch_size=8, seq_len=seq_len)
@@ -227,25 +222,20 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     metrics.update(unigram_bits_per_byte(cfg.run_dir / "tokens"))
     metrics["bpb_vs_unigram"] = metrics["val_bpb"] / metrics["unigram_bpb"]
     metrics["beats_unigram"] = metrics["val_bpb"] < metrics["unigram_bpb"]
-    metrics["weights"] = describe(cfg.run_dir / "train")
+    metrics["weights"] = runs.describe(cfg.run_dir / "train")
     return metrics
 
 
 def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    from pasture.runs import describe, load
-    from pasture.runtime import resolve_device
-    from pasture.serve import Engine, SamplingParams
-    from pasture.tokenizer import Tokenizer
-
     device = resolve_device("auto")
-    model, _ = load(cfg.run_dir / "train", device=device)
+    model, _ = runs.load(cfg.run_dir / "train", device=device)
     tokenizer = Tokenizer.load(cfg.run_dir / "tokenizer" / "tokenizer.model")
     params = SamplingParams(max_tokens=48, temperature=0.6, top_p=0.9, seed=cfg.seed)  # Meta's defaults
     with Engine(model, tokenizer, max_batch_size=max(1, len(cfg.prompts))) as engine:
         results = engine.generate(list(cfg.prompts), params)
     samples = [{"prompt": prompt, "completion": r.text, "temperature": params.temperature, "top_p": params.top_p,
                 "tokens": r.completion_tokens} for prompt, r in zip(cfg.prompts, results)]
-    return {"samples": samples, "weights": describe(cfg.run_dir / "train")}
+    return {"samples": samples, "weights": runs.describe(cfg.run_dir / "train")}
 
 
 # ---------------------------------------------------------------- the job
@@ -262,8 +252,6 @@ def _curation_summary(curated: dict[str, Any]) -> dict[str, Any]:
 
 def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage (skipping finished ones) and write the report card; returns the summary."""
-    from pasture.report.card import environment, write_report
-
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(cfg).items() if k not in ("progress", "name", "runs_dir")}
@@ -321,8 +309,6 @@ def _tokenizer_summary(tok: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_records(train_dir: Path) -> dict[str, Any]:
-    from pasture.train.metrics import read_metrics
-
     records = read_metrics(train_dir, "train")
     if not records:
         return {}

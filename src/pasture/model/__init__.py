@@ -58,6 +58,8 @@ def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: 
     if name in PRESETS and not Path(name).exists():
         config = preset(name)
         return build(config, device, dtype, attention_backend, seed), config
+    if not Path(name).exists():
+        raise CheckpointError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint folder")
     state, config = read_weights(name)
     return from_weights(state, config, device, dtype, attention_backend), config
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pasture import runs
+from pasture.errors import PastureError
+from pasture.runtime import resolve_device
+from pasture.serve import Engine, SamplingParams
+from pasture.tokenizer import Tokenizer, find_tokenizer, resolve_tokenizer_path
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "generate", help="sample text from a checkpoint",
+        "generate",
         description="Sample a continuation with the serving engine (KV cache, per-request sampling). "
         "CKPT is a run folder (its newest valid checkpoint), a checkpoint folder, or a pasture / "
         "Hugging Face / Meta model folder.",
@@ -32,15 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from pasture.errors import PastureError
-    from pasture.model import load
-    from pasture.serve import Engine, SamplingParams
-    from pasture.tokenizer import Tokenizer, resolve_tokenizer_path
-    from pasture.runtime import resolve_device
-    from pasture.train.pretrain_cli import find_tokenizer
-
     device = resolve_device(args.device)
-    model, _ = load(args.checkpoint, device=device)
+    model, _ = runs.load(args.checkpoint, device=device)
     tokenizer = Tokenizer.load(resolve_tokenizer_path(find_tokenizer(Path(args.checkpoint), args.tokenizer)))
     try:
         params = SamplingParams(

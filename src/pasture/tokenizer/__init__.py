@@ -1,9 +1,5 @@
 """Tokenizer stage: Llama 3 tiktoken BPE (load, encode, decode), Hugging Face and GGUF
-tokenizers behind the same interface, chat format and templates, BPE training.
-
-Importing this package is cheap: tiktoken and tokenizers are imported when a
-tokenizer is loaded or trained.
-"""
+tokenizers behind the same interface, chat format and templates, BPE training."""
 
 from pasture.tokenizer.chat_format import ChatFormat, ChatFormatError, EncodedChat, Message, ToolCall
 from pasture.tokenizer.chat_template import ChatTemplate, chat_format_for
@@ -14,6 +10,7 @@ from pasture.tokenizer.tokenizer import (
     SPECIAL_TOKEN_NAMES,
     Tokenizer,
     TokenizerError,
+    find_tokenizer,
     read_bpe_ranks,
     resolve_tokenizer_path,
     write_bpe_ranks,
@@ -35,6 +32,7 @@ __all__ = [
     "TokenizerError",
     "as_hf_tokenizer",
     "chat_format_for",
+    "find_tokenizer",
     "measure_compression",
     "read_bpe_ranks",
     "resolve_tokenizer_path",

@@ -7,7 +7,9 @@ import json
 import sys
 
 from pasture.cli_args import byte_size
-from pasture.tokenizer.tokenizer import LLAMA3_SPEC, TokenizerError
+from pasture.documents import iter_documents
+from pasture.tokenizer.tokenizer import LLAMA3_SPEC, Tokenizer, TokenizerError
+from pasture.tokenizer.train import measure_compression, train_tokenizer
 
 TOKENIZER_HELP = (
     "a tiktoken tokenizer.model, a Hugging Face tokenizer.json, a .gguf file (its embedded vocabulary), "
@@ -16,7 +18,7 @@ TOKENIZER_HELP = (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    tok = sub.add_parser("tokenizer", help="train a BPE tokenizer; encode, decode and measure text")
+    tok = sub.add_parser("tokenizer", description="Train a BPE tokenizer; encode, decode and measure text.")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
 
     train = tok_sub.add_parser(
@@ -60,8 +62,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pasture.tokenizer.train import train_tokenizer
-
     stats = train_tokenizer(
         args.input,
         args.vocab_size,
@@ -87,8 +87,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from pasture.tokenizer.tokenizer import Tokenizer
-
     if (args.text is None) == (args.file is None):
         raise TokenizerError("give the text to encode either as an argument or with --file, not both")
     if args.file is not None:
@@ -123,8 +121,6 @@ def _parse_ids(values: list[str]) -> list[int]:
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from pasture.tokenizer.tokenizer import Tokenizer
-
     ids = _parse_ids(args.ids)
     tokenizer = Tokenizer.load(args.tokenizer)
     sys.stdout.write(tokenizer.decode(ids) + "\n")
@@ -132,10 +128,6 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from pasture.data.documents import iter_documents
-    from pasture.tokenizer.tokenizer import Tokenizer
-    from pasture.tokenizer.train import measure_compression
-
     tokenizer = Tokenizer.load(args.tokenizer)
     stats = measure_compression(tokenizer, (doc.text for doc in iter_documents(args.input)))
     if args.json:

@@ -1,17 +1,29 @@
-"""Pre-training commands: `pasture tokenize` (more join it here, one function each)."""
+"""The training package's commands: `pasture tokenize`, `pretrain` and `plan`."""
 
 from __future__ import annotations
 
 import argparse
+import re
+from importlib.resources import files
+
+from pasture.errors import PastureError
+from pasture.model.config import preset
+from pasture.train import parallel
+from pasture.train.plan import render
+from pasture.train.pretrain import pretrain
+from pasture.train.recipe import build_model_config, load_recipe, parse_recipe
+from pasture.train.tokenize import DEFAULT_SHARD_TOKENS, tokenize_documents
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_tokenize(sub)
+    _register_pretrain(sub)
+    _register_plan(sub)
 
 
 def _register_tokenize(sub: argparse._SubParsersAction) -> None:
     tokenize = sub.add_parser(
-        "tokenize", help="turn documents into token shards for pre-training",
+        "tokenize",
         description="Encode documents (JSONL, JSONL.zst, Parquet or text files; folders and globs "
         "welcome) into a token dataset folder: uint32 token shards, document offsets and index.json "
         "(see docs/formats.md, 'Token shards'). Runs on all cores; the output does not depend on "
@@ -39,8 +51,6 @@ def _register_tokenize(sub: argparse._SubParsersAction) -> None:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    from pasture.train.tokenize import DEFAULT_SHARD_TOKENS, tokenize_documents
-
     shard_tokens = DEFAULT_SHARD_TOKENS if args.shard_tokens is None else args.shard_tokens
     stats = tokenize_documents(
         args.input, args.tokenizer, args.out, workers=args.workers, val_fraction=args.val_fraction,
@@ -53,4 +63,77 @@ def _tokenize(args: argparse.Namespace) -> int:
                   f"{split['bytes']:,} bytes in {split['shards']} shard(s)")
     print(f"wrote {stats['out_dir']} ({stats['empty_documents']:,} empty documents skipped, "
           f"{stats['tokens_per_second']:,.0f} tokens/s on {stats['workers']} worker(s))")
+    return 0
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes shipped in pasture/recipes."""
+    def by_size(name: str) -> tuple[float, str]:
+        size = re.match(r"(\d+)([mb])", name)
+        return (int(size[1]) * (1e-3 if size[2] == "m" else 1), name) if size else (0.0, name)
+
+    return sorted((f.name[:-5] for f in files("pasture").joinpath("recipes").iterdir() if f.name.endswith(".toml")),
+                  key=by_size)
+
+
+def _register_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        description=f"Pre-train from a recipe: a shipped name ({', '.join(shipped_recipes())}) or a TOML "
+        "path with sections [model] [data] [train] [optim] [checkpoint] [eval] [log] [parallel]. Override "
+        "any key with section.key=value, e.g. `pasture pretrain tiny data.train='[\"tokens\"]' "
+        "train.steps=500`; a misspelt key is an error naming the section's keys. resume=auto continues "
+        "from the newest valid checkpoint in log.dir. Under torchrun, [parallel] picks the layout "
+        "(docs/scaling-out.md).",
+    )
+    p.add_argument("recipe", help="shipped recipe name or path to a TOML recipe")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, values as TOML literals")
+    p.set_defaults(func=_pretrain)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    raw = load_recipe(args.recipe, args.overrides)
+    summary = pretrain(parse_recipe(raw), raw)
+    line = f"done: {summary['steps']} steps, {summary['tokens_seen']:,} tokens, final loss {summary['final_loss']:.4f}"
+    if "val_bpb" in summary:
+        line += f", val loss {summary['val_loss']:.4f}, val bits/byte {summary['val_bpb']:.4f}"
+    print(line + f"; run folder {summary['run_dir']}")
+    return 0
+
+
+def _register_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        description="Print parameters, training FLOPs per token and memory per GPU (weights, gradients, "
+        "optimizer, activations with and without activation checkpointing) for the recipe's [parallel] "
+        "layout at each sequence length, and whether it fits. Same recipe loading and overrides as "
+        "`pasture pretrain`, e.g. `pasture plan 405b --gpus 16384`.",
+    )
+    p.add_argument("recipe", help="shipped recipe name or path to a TOML recipe")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, values as TOML literals")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="world size (default: the product of the layout, when parallel.dp_shard is not -1)")
+    p.add_argument("--gpu-memory", type=float, default=80.0, metavar="GiB", help="memory per GPU (default 80)")
+    p.set_defaults(func=_plan)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    recipe = parse_recipe(load_recipe(args.recipe, args.overrides))
+    cfg, t = recipe.parallel, recipe.train
+    gpus = args.gpus
+    if gpus is None:
+        if cfg.dp_shard == -1:
+            raise PastureError("parallel.dp_shard=-1 takes whatever the world size leaves: give --gpus N")
+        gpus = cfg.dp_replicate * cfg.dp_shard * cfg.tp * cfg.cp * cfg.pp
+    config = build_model_config(recipe, recipe.model.overrides.get("vocab_size", preset(recipe.model.preset).vocab_size))
+    layout = parallel.resolve_layout(cfg, gpus)
+    seq_lens = [int(s) for _, s in t.seq_len_schedule] if t.seq_len_schedule else [t.seq_len]
+    parallel.validate(cfg, layout, config, seq_lens=seq_lens)
+    final_tokens = t.batch_ramp[-1][1] if t.batch_ramp else None
+    seq_len = seq_lens[-1]
+    batch_size = int(final_tokens) // seq_len if final_tokens else t.batch_size
+    micro = t.micro_batch_size or max(1, batch_size // layout.dp)
+    _, per_run = parallel.check_batch(batch_size, micro, cfg, layout)
+    print(render(recipe.name or args.recipe, config, layout, cfg, seq_lens, micro, per_run, args.gpu_memory,
+                 t.loss_chunk_tokens, t.float8))
     return 0

@@ -1,15 +1,20 @@
-"""`pasture model info` and `pasture convert`.
-
-Kept outside the `pasture.model` package, whose import loads torch, so `pasture --help` stays fast.
-"""
+"""The model package's commands: `pasture model info` and `pasture convert`."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+import torch
+
+from pasture.model.config import PRESETS, preset
+from pasture.model.convert import CheckpointError, write_checkpoint
+from pasture.model.info import describe
+from pasture.train.checkpoint import read_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    model = sub.add_parser("model", help="inspect model presets and checkpoints")
+    model = sub.add_parser("model", description="Inspect model presets and checkpoints.")
     model_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
     info = model_sub.add_parser(
         "info", help="parameters, FLOPs per token and memory of a preset or checkpoint",
@@ -23,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(func=_info)
 
     convert = sub.add_parser(
-        "convert", help="convert checkpoints between pasture, Hugging Face, Meta and GGUF",
+        "convert",
         description="Read a checkpoint in any supported layout (detected automatically: pasture "
         "config.json + model.safetensors, Hugging Face config.json + *.safetensors, Meta "
         "params.json + consolidated.*.pth, a pre-training run, or a llama GGUF file, dequantized) "
@@ -44,17 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from pasture.model.config import PRESETS, preset
-    from pasture.model.info import describe
-
     if args.model in PRESETS and not Path(args.model).exists():
         config, name = preset(args.model), args.model
     else:
-        from pasture.runs import read_weights
-        from pasture.model.convert import CheckpointError
-
         if not Path(args.model).exists():
             raise CheckpointError(f"{args.model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
         _, config = read_weights(args.model)
@@ -64,13 +61,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
     from pasture.errors import PastureError
-    from pasture.runs import read_weights
-    from pasture.model.convert import write_checkpoint
     from pasture.model.gguf import write_gguf
     from pasture.tokenizer import Tokenizer, TokenizerError, as_hf_tokenizer
 
