@@ -74,7 +74,7 @@ def test_int8_perplexity_of_smollm2_within_one_percent_on_sciq_passages():
     path = EVAL_DATA / "sciq" / "none" / "validation" / "data-00000-of-00001.arrow"
     with path.open("rb") as f:
         passages = [p for p in pyarrow.ipc.open_stream(f).read_all().column("support").to_pylist() if p][:40]
-    tokens = torch.tensor(Tokenizer.load(SMOLLM2).encode("\n\n".join(passages))[:1024])
+    tokens = torch.tensor(Tokenizer.load(SMOLLM2).encode("\n\n".join(passages))[:513])
     model, _ = pm.load(SMOLLM2)
     model.eval()
     fp32 = perplexity(model, tokens, window=512)
