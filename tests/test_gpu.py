@@ -49,13 +49,46 @@ def test_bf16_autocast_step_matches_fp32_loss_and_uses_fused_adamw():
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
 
 
-def test_kv_cache_decoding_on_cuda_equals_full_forward():
-    from pasture.train.generate import SamplingParams, generate
+def test_engine_on_cuda_equals_full_forward():
+    """Compiled decode with CUDA graphs (padded rows and keys) against cache-free forwards."""
+    from pasture.serve import Engine, SamplingParams
 
     model = pm.build(small_config(), device="cuda", seed=3).eval()
-    prompt = list(range(1, 20))
-    greedy = SamplingParams(max_tokens=24, temperature=0)
-    assert generate(model, prompt, greedy, use_cache=True) == generate(model, prompt, greedy, use_cache=False)
+    prompts = [list(range(1, 20)), list(range(5, 9)), [7]]
+    expected = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = list(prompt)
+            for _ in range(24):
+                ids.append(int(model(torch.tensor([ids], device="cuda"))[0, -1].argmax()))
+            expected.append(ids[len(prompt):])
+    with Engine(model, max_batch_size=4) as engine:
+        got = [r.token_ids for r in engine.generate(prompts, SamplingParams(max_tokens=24, temperature=0))]
+    assert got == expected
+
+
+def test_fp8_recipe_on_cuda_keeps_logits_close_and_serves():
+    """Llama 3's FP8 inference recipe: inner FFN layers in float8 with row-wise scales; the rest bf16."""
+    from pasture.serve import Engine, SamplingParams
+    from pasture.serve.quantize import fp8_layer_names, quantize
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 matmuls need an Ada or Hopper GPU")
+    config = small_config().replace(n_layers=4)
+    model = pm.build(config, device="cuda", dtype=torch.bfloat16, seed=4).eval()
+    tokens = torch.randint(0, config.vocab_size, (2, 64), device="cuda")
+    with torch.no_grad():
+        bf16 = model(tokens)
+        quantize(model, "fp8")
+        fp8 = model(tokens)
+    chosen = fp8_layer_names(model)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            plain_bf16 = type(module.weight.data) is torch.Tensor and module.weight.dtype == torch.bfloat16
+            assert plain_bf16 == (name not in chosen), name  # torchao's float8 weights are a tensor subclass
+    assert ((fp8 - bf16).norm() / bf16.norm()).item() < 0.05
+    with Engine(model, max_batch_size=2) as engine:
+        assert len(engine.generate([[1, 2, 3], [4]], SamplingParams(temperature=0, max_tokens=8))[1].token_ids) == 8
 
 
 def test_flex_attention_gradients_equal_masked_sdpa_on_cuda():

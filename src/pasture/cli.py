@@ -23,10 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("pasture.tokenizer.cli", "train a BPE tokenizer; encode, decode and measure text"),
     "tokenize": ("pasture.train.cli", "turn documents into token shards for pre-training"),
     "pretrain": ("pasture.train.cli", "pre-train a Llama model from a TOML recipe"),
-    "generate": ("pasture.train.cli", "sample text from a checkpoint"),
+    "generate": ("pasture.serve.cli", "sample text from a checkpoint through the serving engine"),
     "plan": ("pasture.train.cli", "check that a pre-training recipe's parallel layout fits before launching it"),
     "model": ("pasture.model.cli", "inspect model presets and checkpoints"),
-    "convert": ("pasture.model.cli", "convert checkpoints between pasture, Hugging Face and Meta layouts"),
+    "convert": ("pasture.model.cli", "convert checkpoints between pasture, Hugging Face, Meta and GGUF layouts"),
 }
 
 

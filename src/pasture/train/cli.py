@@ -1,19 +1,14 @@
-"""The training package's commands: `pasture tokenize`, `pretrain`, `generate` and `plan`."""
+"""The training package's commands: `pasture tokenize`, `pretrain` and `plan`."""
 
 from __future__ import annotations
 
 import argparse
 import re
 from importlib.resources import files
-from pathlib import Path
 
-from pasture import runs
 from pasture.errors import PastureError
 from pasture.model.config import preset
-from pasture.runtime import resolve_device
-from pasture.tokenizer import Tokenizer, find_tokenizer, resolve_tokenizer_path
 from pasture.train import parallel
-from pasture.train.generate import SamplingParams, generate
 from pasture.train.plan import render
 from pasture.train.pretrain import pretrain
 from pasture.train.recipe import build_model_config, load_recipe, parse_recipe
@@ -23,7 +18,6 @@ from pasture.train.tokenize import DEFAULT_SHARD_TOKENS, tokenize_documents
 def register(sub: argparse._SubParsersAction) -> None:
     _register_tokenize(sub)
     _register_pretrain(sub)
-    _register_generate(sub)
     _register_plan(sub)
 
 
@@ -104,39 +98,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     if "val_bpb" in summary:
         line += f", val loss {summary['val_loss']:.4f}, val bits/byte {summary['val_bpb']:.4f}"
     print(line + f"; run folder {summary['run_dir']}")
-    return 0
-
-
-def _register_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "generate",
-        description="Sample a continuation with a KV cache. CKPT is a run folder (its newest valid "
-        "checkpoint), a checkpoint folder, or a pasture / Hugging Face / Meta model folder.",
-    )
-    p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("--prompt", required=True, help="text to continue (a <|begin_of_text|> is prepended)")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer.model path or `llama3` (default: the one in the run or model folder)")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.6, help="0 for greedy")
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stop", type=int, nargs="*", default=None,
-                   help="stop token ids (default: the tokenizer's end-of-text, end-of-turn, end-of-message)")
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every token (slow; for checking)")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=_generate)
-
-
-def _generate(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    model, _ = runs.load(args.checkpoint, device=device)
-    model.eval()
-    tokenizer = Tokenizer.load(resolve_tokenizer_path(find_tokenizer(Path(args.checkpoint), args.tokenizer)))
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    stop = set(args.stop) if args.stop is not None else set(tokenizer.stop_tokens)
-    ids = generate(model, tokenizer.encode(args.prompt, bos=True), params, stop, use_cache=not args.no_cache)
-    print(args.prompt + tokenizer.decode(ids))
     return 0
 
 

