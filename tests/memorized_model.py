@@ -1,0 +1,77 @@
+"""A real (tiny) model trained to memorize a few chat replies, for serving tests.
+
+Random weights say nothing checkable; a model that learned exact replies lets the tests
+assert the served text, tool calls and usage token for token. Training takes a few
+seconds on CPU, and the fixture checks the memorization before any test relies on it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pasture.model import ModelConfig, Transformer
+from pasture.serve.served import llama3_chat_encoder
+from pasture.tokenizer import Tokenizer
+from pasture.tokenizer.chat_format import ChatFormat
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CAPITAL_QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+CAPITAL_REPLY = "The capital of France is **Paris**.\n\n```python\nprint('Paris')\n```"
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+WEATHER_CALL = '{"name": "get_weather", "parameters": {"city": "Paris"}}'
+COUNT_QUESTION = [{"role": "user", "content": "Count for me."}]
+COUNT_REPLY = " ".join(str(i) for i in range(1, 41)) + "."
+COMPLETION_PROMPT = "Once upon a time"
+COMPLETION_TEXT = " there was a little pasture by the river."
+
+
+def byte_tokenizer() -> Tokenizer:
+    """Llama 3's special tokens over the 256 bytes alone: a 512-entry vocabulary keeps training fast."""
+    return Tokenizer({bytes([b]): b for b in range(256)}, name="bytes")
+
+
+def _examples(tok: Tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(prompt, reply) pairs; the model learns each reply after its prompt."""
+    encode = llama3_chat_encoder(ChatFormat(tok))
+    return [
+        (encode(CAPITAL_QUESTION, None), tok.encode(CAPITAL_REPLY) + [tok.eot_id]),
+        (encode(WEATHER_QUESTION, [WEATHER_TOOL]), [tok.python_tag_id] + tok.encode(WEATHER_CALL) + [tok.eom_id]),
+        (encode(COUNT_QUESTION, None), tok.encode(COUNT_REPLY) + [tok.eot_id]),
+        (tok.encode(COMPLETION_PROMPT, bos=True), tok.encode(COMPLETION_TEXT) + [tok.eos_id]),
+    ]
+
+
+def memorized_model(tok: Tokenizer, max_steps: int = 600) -> Transformer:
+    """Trains until every example is predicted exactly (greedy), then returns the model in eval mode."""
+    torch.manual_seed(0)
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, multiple_of=32,
+                         ffn_dim_multiplier=None, max_seq_len=1024, rope_theta=10_000.0, rope_scaling=None,
+                         tie_embeddings=True)
+    model = Transformer(config)
+    model.init_weights()
+    examples = _examples(tok)
+    width = max(len(p) + len(r) for p, r in examples)
+    tokens = torch.full((len(examples), width), tok.eos_id)
+    targets = torch.full((len(examples), width), -100)
+    for row, (prompt, reply) in enumerate(examples):
+        tokens[row, :len(prompt) + len(reply)] = torch.tensor(prompt + reply)
+        targets[row, len(prompt) - 1:len(prompt) + len(reply) - 1] = torch.tensor(reply)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    for _ in range(max_steps):
+        logits = model(tokens)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == targets) | (targets == -100)
+        if bool(correct.all()):
+            return model.eval()
+    raise AssertionError(f"the fixture model did not memorize its examples (loss {loss.item():.4f})")
