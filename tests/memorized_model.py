@@ -26,8 +26,6 @@ CAPITAL_QUESTION = [{"role": "user", "content": "What is the capital of France?"
 CAPITAL_REPLY = "The capital of France is **Paris**.\n\n```python\nprint('Paris')\n```"
 WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER_CALL = '{"name": "get_weather", "parameters": {"city": "Paris"}}'
-COUNT_QUESTION = [{"role": "user", "content": "Count for me."}]
-COUNT_REPLY = " ".join(str(i) for i in range(1, 41)) + "."
 COMPLETION_PROMPT = "Once upon a time"
 COMPLETION_TEXT = " there was a little pasture by the river."
 
@@ -43,35 +41,41 @@ def _examples(tok: Tokenizer) -> list[tuple[list[int], list[int]]]:
     return [
         (encode(CAPITAL_QUESTION, None), tok.encode(CAPITAL_REPLY) + [tok.eot_id]),
         (encode(WEATHER_QUESTION, [WEATHER_TOOL]), [tok.python_tag_id] + tok.encode(WEATHER_CALL) + [tok.eom_id]),
-        (encode(COUNT_QUESTION, None), tok.encode(COUNT_REPLY) + [tok.eot_id]),
         (tok.encode(COMPLETION_PROMPT, bos=True), tok.encode(COMPLETION_TEXT) + [tok.eos_id]),
     ]
 
 
-def memorized_model(tok: Tokenizer, max_steps: int = 600) -> Transformer:
-    """Trains until every example is predicted exactly (greedy), then returns the model in eval mode."""
-    torch.manual_seed(0)
-    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, multiple_of=32,
+def tiny_model(tok: Tokenizer, seed: int = 0) -> Transformer:
+    """A small Llama over the byte tokenizer, randomly initialised: it rarely stops on its own,
+    which the tests that need long generations (disconnects, limits, load) rely on."""
+    torch.manual_seed(seed)
+    config = ModelConfig(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, multiple_of=32,
                          ffn_dim_multiplier=None, max_seq_len=1024, rope_theta=10_000.0, rope_scaling=None,
                          tie_embeddings=True)
     model = Transformer(config)
     model.init_weights()
-    examples = _examples(tok)
-    width = max(len(p) + len(r) for p, r in examples)
-    tokens = torch.full((len(examples), width), tok.eos_id)
-    targets = torch.full((len(examples), width), -100)
-    for row, (prompt, reply) in enumerate(examples):
-        tokens[row, :len(prompt) + len(reply)] = torch.tensor(prompt + reply)
-        targets[row, len(prompt) - 1:len(prompt) + len(reply) - 1] = torch.tensor(reply)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
-    for _ in range(max_steps):
-        logits = model(tokens)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    return model.eval()
+
+
+def memorized_model(tok: Tokenizer, max_steps: int = 300) -> Transformer:
+    """Trains until every example is predicted exactly (greedy), then returns the model in eval mode."""
+    model = tiny_model(tok).train()
+    rows = []  # one row per example, unpadded: the long tool prompt does not pad the others
+    for prompt, reply in _examples(tok):
+        targets = torch.full((1, len(prompt) + len(reply)), -100)
+        targets[0, len(prompt) - 1:-1] = torch.tensor(reply)
+        rows.append((torch.tensor([prompt + reply]), targets))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for step in range(max_steps):
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            correct = (logits.argmax(-1) == targets) | (targets == -100)
-        if bool(correct.all()):
+        memorized = True
+        for tokens, targets in rows:
+            logits = model(tokens)
+            loss = torch.nn.functional.cross_entropy(logits[0], targets[0], ignore_index=-100)
+            loss.backward()
+            with torch.no_grad():
+                memorized &= bool(((logits[0].argmax(-1) == targets[0]) | (targets[0] == -100)).all())
+        if memorized:
             return model.eval()
-    raise AssertionError(f"the fixture model did not memorize its examples (loss {loss.item():.4f})")
+        optimizer.step()
+    raise AssertionError(f"the fixture model did not memorize its examples in {max_steps} steps")

@@ -23,13 +23,10 @@ from memorized_model import (
     CAPITAL_REPLY,
     COMPLETION_PROMPT,
     COMPLETION_TEXT,
-    COUNT_QUESTION,
-    COUNT_REPLY,
     WEATHER_CALL,
     WEATHER_QUESTION,
     WEATHER_TOOL,
-    byte_tokenizer,
-    memorized_model,
+    tiny_model,
 )
 from pasture.serve.engine import Engine
 from pasture.serve.server import ServerLimits, build_app
@@ -41,13 +38,22 @@ API_KEY = "sk-test-key"
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return byte_tokenizer()
+def tokenizer(serve_tokenizer):
+    return serve_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer):
-    return memorized_model(tokenizer)
+def model(memorized):
+    return memorized
+
+
+@pytest.fixture(scope="module")
+def random_model(tokenizer):
+    """Random weights rarely produce a stop token: long generations for limits and disconnects."""
+    return tiny_model(tokenizer, seed=1)
+
+
+LONG_QUESTION = [{"role": "user", "content": "Tell me everything."}]
 
 
 def _free_port() -> int:
@@ -122,9 +128,9 @@ def test_chat_stream_ends_with_done(client, served):
 
 
 def test_length_finish_reason(client):
-    response = client.chat.completions.create(model=MODEL, messages=COUNT_QUESTION, temperature=0, max_tokens=7)
+    response = client.chat.completions.create(model=MODEL, messages=CAPITAL_QUESTION, temperature=0, max_tokens=7)
     assert response.choices[0].finish_reason == "length"
-    assert response.choices[0].message.content == COUNT_REPLY[:7]
+    assert response.choices[0].message.content == CAPITAL_REPLY[:7]  # one byte per token
     assert response.usage.completion_tokens == 7
 
 
@@ -224,39 +230,49 @@ def _wait_idle(engine: Engine, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def test_disconnect_mid_stream_frees_the_slot(served):
-    url, engine = served
-    _wait_idle(engine)
-    aborted = engine.stats().requests_aborted
-    body = {"model": MODEL, "messages": COUNT_QUESTION, "temperature": 0, "stream": True}
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
-        lines = response.iter_lines()
-        assert next(lines).startswith("data: ")  # the role chunk: the request is running
-    _wait_idle(engine)
-    assert engine.stats().requests_aborted == aborted + 1
+def _solo(engine: Engine, messages, tokenizer, max_tokens: int):
+    """What the engine generates for this chat alone, greedy."""
+    from pasture.serve.sampling import SamplingParams
+
+    prompt = llama3_chat_encoder(ChatFormat(tokenizer))(messages, None)
+    return engine.generate(prompt, SamplingParams(temperature=0, max_tokens=max_tokens))[0]
 
 
-def test_busy_server_answers_429_and_recovers(model, tokenizer):
-    with live_server(model, tokenizer, max_batch_size=1, max_queue=0) as (url, engine):
+def test_disconnect_mid_stream_frees_the_slot(random_model, tokenizer):
+    with live_server(random_model, tokenizer) as (url, engine):
+        body = {"model": MODEL, "messages": LONG_QUESTION, "temperature": 0, "stream": True, "max_tokens": 900}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")  # the role chunk: the request is running
+        _wait_idle(engine)
+        stats = engine.stats()
+        assert stats.requests_aborted == 1 and stats.generation_tokens < 900
+
+
+def test_busy_server_answers_429_and_recovers(random_model, tokenizer):
+    with live_server(random_model, tokenizer, max_batch_size=1, max_queue=0) as (url, engine):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-        body = {"model": MODEL, "messages": COUNT_QUESTION, "temperature": 0, "stream": True}
-        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as first:
-            next(first.iter_lines())
+        body = {"model": MODEL, "messages": LONG_QUESTION, "temperature": 0, "stream": True, "max_tokens": 200}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as first:
+            lines = first.iter_lines()
+            next(lines)
             with pytest.raises(openai.RateLimitError):
                 client.chat.completions.create(model=MODEL, messages=CAPITAL_QUESTION)
             text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-                           for line in first.iter_lines() if line.startswith("data: {"))
-        assert text == COUNT_REPLY
-        assert client.chat.completions.create(model=MODEL, messages=CAPITAL_QUESTION, temperature=0) \
-            .choices[0].message.content == CAPITAL_REPLY
+                           for line in lines if line.startswith("data: {"))
+        _wait_idle(engine)
+        assert text == _solo(engine, LONG_QUESTION, tokenizer, 200).text  # the busy answer did not disturb it
+        assert client.chat.completions.create(model=MODEL, messages=LONG_QUESTION, temperature=0, max_tokens=5) \
+            .choices[0].finish_reason in ("length", "stop")
 
 
-def test_request_timeout(model, tokenizer):
-    with live_server(model, tokenizer, request_timeout_s=0.001) as (url, engine):
+def test_request_timeout(random_model, tokenizer):
+    with live_server(random_model, tokenizer, request_timeout_s=0.001) as (url, engine):
         response = httpx.post(url + "/v1/chat/completions", timeout=30,
-                              json={"model": MODEL, "messages": COUNT_QUESTION, "temperature": 0})
+                              json={"model": MODEL, "messages": LONG_QUESTION, "temperature": 0, "max_tokens": 900})
         assert response.status_code == 504 and response.json()["error"]["type"] == "timeout_error"
         _wait_idle(engine)
+        assert engine.stats().requests_aborted == 1
 
 
 def test_metrics_count_requests_and_tokens(model, tokenizer):
@@ -285,3 +301,40 @@ def test_web_page_loads_nothing_from_outside(served):
     for asset in assets:
         response = httpx.get(served[0] + asset)
         assert response.status_code == 200 and "http://" not in response.text and "https://" not in response.text
+
+
+def test_load_64_concurrent_streams_no_error_no_leak(random_model, tokenizer):
+    from pasture.serve.load import run_load
+
+    questions = [[{"role": "user", "content": f"Question number {i}?"}] for i in range(64)]
+    with live_server(random_model, tokenizer, max_batch_size=8) as (url, engine):
+        report = run_load(url, MODEL, questions, max_tokens=24, deadline_s=600)
+        _wait_idle(engine)
+        stats = engine.stats()
+        alone = [_solo(engine, q, tokenizer, 24) for q in questions]
+    print("load test:", report.summary())
+    assert report.errors == []
+    assert report.replies == [r.text for r in alone]  # each client got exactly its own answer, as if served alone
+    assert report.completion_tokens == sum(r.completion_tokens for r in alone)
+    assert stats.running == 0 and stats.waiting == 0 and stats.requests_finished >= 64
+
+
+def test_terminal_chat_streams_saves_and_resets(model, tokenizer, tmp_path):
+    import io
+
+    from pasture.serve.chat import TerminalChat
+    from pasture.serve.sampling import SamplingParams
+    from pasture.serve.served import ServedModel
+
+    engine = Engine(model, tokenizer, max_batch_size=2, max_seq_len=1024)
+    out = io.StringIO()
+    chat = TerminalChat(ServedModel(engine, MODEL, llama3_chat_encoder(ChatFormat(tokenizer))),
+                        SamplingParams(temperature=0, max_tokens=200), out=out)
+    saved = tmp_path / "chat.json"
+    lines = iter([CAPITAL_QUESTION[0]["content"], f"/save {saved}", "/reset", CAPITAL_QUESTION[0]["content"], "/quit"])
+    with engine:
+        chat.loop(read=lambda prompt: next(lines))
+    assert json.loads(saved.read_text()) == {"messages": [*CAPITAL_QUESTION,
+                                                          {"role": "assistant", "content": CAPITAL_REPLY}]}
+    assert chat.history == [*CAPITAL_QUESTION, {"role": "assistant", "content": CAPITAL_REPLY}]  # after /reset
+    assert out.getvalue().count(CAPITAL_REPLY + "\n") == 2 and "(conversation cleared)" in out.getvalue()
