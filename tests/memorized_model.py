@@ -66,6 +66,15 @@ def memorized_model(tok: Tokenizer, max_steps: int = 300) -> Transformer:
         targets[0, len(prompt) - 1:-1] = torch.tensor(reply)
         rows.append((torch.tensor([prompt + reply]), targets))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ops this small only lose time to a second thread
+    try:
+        return _train_until_memorized(model, rows, optimizer, max_steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_until_memorized(model: Transformer, rows, optimizer, max_steps: int) -> Transformer:
     for step in range(max_steps):
         optimizer.zero_grad()
         memorized = True
