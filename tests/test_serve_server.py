@@ -292,49 +292,13 @@ def test_metrics_count_requests_and_tokens(model, tokenizer):
 
 
 def test_web_page_loads_nothing_from_outside(served):
-    page = httpx.get(served[0] + "/").text
-    assert '<script src="/static/chat.js">' in page
     import re
 
+    page = httpx.get(served[0] + "/").text
+    assert '<script src="/static/chat.js">' in page
     assets = re.findall(r'(?:src|href)="([^"]+)"', page)
     assert assets and all(a.startswith("/static/") for a in assets)
-    for asset in assets:
+    outside = re.compile(r"""(?:src|href)\s*=\s*["']?https?:|url\(\s*["']?https?:|fetch\(\s*["'`]https?:|import\s.*https?:""")
+    for asset in ["/", *assets]:
         response = httpx.get(served[0] + asset)
-        assert response.status_code == 200 and "http://" not in response.text and "https://" not in response.text
-
-
-def test_load_64_concurrent_streams_no_error_no_leak(random_model, tokenizer):
-    from pasture.serve.load import run_load
-
-    questions = [[{"role": "user", "content": f"Question number {i}?"}] for i in range(64)]
-    with live_server(random_model, tokenizer, max_batch_size=8) as (url, engine):
-        report = run_load(url, MODEL, questions, max_tokens=24, deadline_s=600)
-        _wait_idle(engine)
-        stats = engine.stats()
-        alone = [_solo(engine, q, tokenizer, 24) for q in questions]
-    print("load test:", report.summary())
-    assert report.errors == []
-    assert report.replies == [r.text for r in alone]  # each client got exactly its own answer, as if served alone
-    assert report.completion_tokens == sum(r.completion_tokens for r in alone)
-    assert stats.running == 0 and stats.waiting == 0 and stats.requests_finished >= 64
-
-
-def test_terminal_chat_streams_saves_and_resets(model, tokenizer, tmp_path):
-    import io
-
-    from pasture.serve.chat import TerminalChat
-    from pasture.serve.sampling import SamplingParams
-    from pasture.serve.served import ServedModel
-
-    engine = Engine(model, tokenizer, max_batch_size=2, max_seq_len=1024)
-    out = io.StringIO()
-    chat = TerminalChat(ServedModel(engine, MODEL, llama3_chat_encoder(ChatFormat(tokenizer))),
-                        SamplingParams(temperature=0, max_tokens=200), out=out)
-    saved = tmp_path / "chat.json"
-    lines = iter([CAPITAL_QUESTION[0]["content"], f"/save {saved}", "/reset", CAPITAL_QUESTION[0]["content"], "/quit"])
-    with engine:
-        chat.loop(read=lambda prompt: next(lines))
-    assert json.loads(saved.read_text()) == {"messages": [*CAPITAL_QUESTION,
-                                                          {"role": "assistant", "content": CAPITAL_REPLY}]}
-    assert chat.history == [*CAPITAL_QUESTION, {"role": "assistant", "content": CAPITAL_REPLY}]  # after /reset
-    assert out.getvalue().count(CAPITAL_REPLY + "\n") == 2 and "(conversation cleared)" in out.getvalue()
+        assert response.status_code == 200 and not outside.search(response.text), asset
