@@ -1,4 +1,4 @@
-"""`pasture generate`: sample from a checkpoint through the engine."""
+"""`pasture generate`, `pasture serve` and `pasture chat`: the engine from the command line."""
 
 from __future__ import annotations
 
@@ -35,6 +35,94 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-string", action="append", default=[], help="stop at this text (repeatable)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_generate)
+
+    model_help = ("a run folder (its final model), a checkpoint, a pasture / Hugging Face / Meta model folder, "
+                  "or a GGUF file")
+    s = sub.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API, with a web chat page",
+        description="Serve MODEL at http://HOST:PORT: /v1/models, /v1/completions, /v1/chat/completions "
+        "(streaming with server-sent events, tool calls), /health, /metrics (Prometheus) and a chat page at /. "
+        "Requests are batched continuously by the engine; beyond --max-batch-size running and --max-queue "
+        "waiting requests the server answers 429.",
+    )
+    s.add_argument("model", metavar="MODEL", help=model_help)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 requests")
+    s.add_argument("--name", default=None, help="model name clients send (default: MODEL's folder or file name)")
+    _engine_options(s)
+    s.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait for a batch row")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    s.set_defaults(func=_serve)
+
+    c = sub.add_parser(
+        "chat", help="chat with a model in the terminal",
+        description="A terminal chat with MODEL: history, a system prompt, streamed replies. Type /reset to "
+        "start over, /save FILE to write the conversation as SFT JSON, /system TEXT, /quit.",
+    )
+    c.add_argument("model", metavar="MODEL", help=model_help)
+    c.add_argument("--system", default=None, help="system prompt")
+    c.add_argument("--temperature", type=float, default=0.6, help="0 for greedy")
+    c.add_argument("--top-p", type=float, default=0.9)
+    c.add_argument("--max-tokens", type=int, default=512, help="longest reply")
+    c.add_argument("--seed", type=int, default=None)
+    _engine_options(c)
+    c.set_defaults(func=_chat)
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", default=None, help="tokenizer file or folder (default: the model's own)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--quantize", choices=("none", "int8", "fp8"), default="none",
+                   help="int8 weight-only (CPU decode) or Llama 3's FP8 FFN recipe (CUDA)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together")
+    p.add_argument("--max-seq-len", type=int, default=None, help="positions per request (default: up to 4096)")
+
+
+def _load(args: argparse.Namespace):
+    from pasture.serve.served import load_served
+
+    return load_served(args.model, tokenizer=args.tokenizer, device=args.device, quantize=args.quantize,
+                       max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pasture.serve.server import ServerLimits, build_app
+
+    served = _load(args)
+    name = args.name or served.name
+    app = build_app(served.engine, name, served.encode_chat,
+                    ServerLimits(max_queue=args.max_queue, request_timeout_s=args.timeout,
+                                 max_body_bytes=args.max_body_bytes), api_key=args.api_key)
+    print(f"serving {name} at http://{args.host}:{args.port} (chat page at /, API at /v1)", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        served.engine.close()
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from pasture.errors import PastureError
+    from pasture.serve.chat import TerminalChat
+    from pasture.serve.sampling import SamplingParams
+
+    try:
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                                seed=args.seed)
+    except ValueError as e:
+        raise PastureError(str(e)) from None
+    served = _load(args)
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    with served.engine:
+        TerminalChat(served, params, system=args.system).loop()
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:

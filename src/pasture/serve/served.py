@@ -1,0 +1,100 @@
+"""A model ready to serve: the engine over it, its name, and how chats become prompts.
+
+`pasture serve` and `pasture chat` both start here, so a model folder, a GGUF file or
+a training run is read one way for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pasture.errors import PastureError
+from pasture.model import load as load_model
+from pasture.serve.engine import Engine
+from pasture.serve.protocol import Tool
+from pasture.serve.tool_calls import tools_prompt
+from pasture.tokenizer import Tokenizer
+from pasture.tokenizer.chat_format import ChatFormat, ChatFormatError
+from pasture.tokenizer.chat_template import ChatTemplate, chat_format_for
+from pasture.train.pretrain import resolve_device
+
+QUANTIZATIONS = ("none", "int8", "fp8")
+
+ChatEncoder = Callable[[list[dict[str, Any]], list[dict[str, Any]] | None], list[int]]
+
+
+@dataclass
+class ServedModel:
+    engine: Engine
+    name: str
+    encode_chat: ChatEncoder
+
+
+def llama3_chat_encoder(chat_format: ChatFormat) -> ChatEncoder:
+    """Llama 3.1 dialogs; request tools go before the first user message (zero-shot custom tools)."""
+
+    def encode(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+        if tools:
+            preamble = tools_prompt([Tool.model_validate(t) for t in tools])
+            first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+            if first_user is None:
+                raise ValueError("a request with tools needs a user message")
+            messages = [*messages]
+            messages[first_user] = {**messages[first_user], "content": preamble + messages[first_user]["content"]}
+        try:
+            return chat_format.encode_dialog_prompt(messages, add_generation_prompt=True).tokens
+        except ChatFormatError as e:
+            raise ValueError(str(e)) from None
+
+    return encode
+
+
+def template_chat_encoder(template: ChatTemplate) -> ChatEncoder:
+    """A model's own Jinja template; request tools reach it as transformers passes them (`tools`)."""
+
+    def encode(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+        context = {"tools": tools} if tools else {}
+        try:
+            return template.encode_dialog_prompt(messages, add_generation_prompt=True, **context).tokens
+        except ChatFormatError as e:
+            raise ValueError(str(e)) from None
+
+    return encode
+
+
+def chat_encoder(tokenizer: Tokenizer) -> ChatEncoder:
+    chat = chat_format_for(tokenizer)
+    return llama3_chat_encoder(chat) if isinstance(chat, ChatFormat) else template_chat_encoder(chat)
+
+
+def load_served(path: str, *, tokenizer: str | None = None, device: str = "auto", quantize: str = "none",
+                max_batch_size: int = 8, max_seq_len: int | None = None) -> ServedModel:
+    """Model, tokenizer, chat encoder and engine for `pasture serve` / `pasture chat`.
+
+    PATH is a run folder, a checkpoint, a pasture / Hugging Face / Meta folder, or a GGUF
+    file. On CUDA the weights are bf16; on CPU fp32. `quantize` is int8 (weight-only, CPU)
+    or fp8 (Llama 3's FFN recipe, CUDA).
+    """
+    if quantize not in QUANTIZATIONS:
+        raise PastureError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    torch_device = resolve_device(device)
+    dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
+    model, _ = load_model(path, device=torch_device, dtype=dtype)
+    tok = Tokenizer.load(tokenizer or path)
+    if quantize != "none":
+        from pasture.serve.quantize import quantize_model
+
+        quantize_model(model, quantize)
+    engine = Engine(model.eval(), tok, max_batch_size=max_batch_size, max_seq_len=max_seq_len)
+    return ServedModel(engine, model_name(path), chat_encoder(tok))
+
+
+def model_name(path: str) -> str:
+    """The name clients send as `model`: the folder or file name without its suffix."""
+    p = Path(path.rstrip("/"))
+    return p.stem if p.suffix == ".gguf" else p.name
