@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("pasture.train.cli", "turn documents into token shards for pre-training"),
     "pretrain": ("pasture.train.cli", "pre-train a Llama model from a TOML recipe"),
     "generate": ("pasture.serve.cli", "sample text from a checkpoint through the serving engine"),
+    "serve": ("pasture.serve.cli", "serve a model over an OpenAI-compatible HTTP API, with a web chat page"),
+    "chat": ("pasture.serve.cli", "chat with a model in the terminal"),
     "plan": ("pasture.train.cli", "check that a pre-training recipe's parallel layout fits before launching it"),
     "model": ("pasture.model.cli", "inspect model presets and checkpoints"),
     "convert": ("pasture.model.cli", "convert checkpoints between pasture, Hugging Face, Meta and GGUF layouts"),

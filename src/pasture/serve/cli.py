@@ -8,7 +8,12 @@ from pathlib import Path
 from pasture import runs
 from pasture.errors import PastureError
 from pasture.runtime import resolve_device
+import uvicorn
+
 from pasture.serve import Engine, SamplingParams
+from pasture.serve.chat import TerminalChat
+from pasture.serve.served import load_served
+from pasture.serve.server import ServerLimits, build_app
 from pasture.tokenizer import Tokenizer, find_tokenizer, resolve_tokenizer_path
 
 
@@ -81,17 +86,11 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from pasture.serve.served import load_served
-
     return load_served(args.model, tokenizer=args.tokenizer, device=args.device, quantize=args.quantize,
                        max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from pasture.serve.server import ServerLimits, build_app
-
     served = _load(args)
     name = args.name or served.name
     app = build_app(served.engine, name, served.encode_chat,
@@ -106,10 +105,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from pasture.errors import PastureError
-    from pasture.serve.chat import TerminalChat
-    from pasture.serve.sampling import SamplingParams
-
     try:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                                 seed=args.seed)

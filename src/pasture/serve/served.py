@@ -14,14 +14,15 @@ from typing import Any
 import torch
 
 from pasture.errors import PastureError
-from pasture.model import load as load_model
+from pasture import runs
 from pasture.serve.engine import Engine
 from pasture.serve.protocol import Tool
+from pasture.serve.quantize import quantize as quantize_model
 from pasture.serve.tool_calls import tools_prompt
 from pasture.tokenizer import Tokenizer
 from pasture.tokenizer.chat_format import ChatFormat, ChatFormatError
 from pasture.tokenizer.chat_template import ChatTemplate, chat_format_for
-from pasture.train.pretrain import resolve_device
+from pasture.runtime import resolve_device
 
 QUANTIZATIONS = ("none", "int8", "fp8")
 
@@ -84,12 +85,10 @@ def load_served(path: str, *, tokenizer: str | None = None, device: str = "auto"
         raise PastureError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
     torch_device = resolve_device(device)
     dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
-    model, _ = load_model(path, device=torch_device, dtype=dtype)
+    model, _ = runs.load(path, device=torch_device, dtype=dtype)
     tok = Tokenizer.load(tokenizer or path)
     if quantize != "none":
-        from pasture.serve.quantize import quantize_model
-
-        quantize_model(model, quantize)
+        model = quantize_model(model, quantize)
     engine = Engine(model.eval(), tok, max_batch_size=max_batch_size, max_seq_len=max_seq_len)
     return ServedModel(engine, model_name(path), chat_encoder(tok))
 
