@@ -291,3 +291,21 @@ def test_lm_eval_cli_finds_the_pasture_model(model, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     written = list((tmp_path / "out").rglob("results_*.json"))
     assert written and json.loads(written[0].read_text())["results"]["arc_easy_local"]["acc,none"] >= 0
+
+
+def test_generate_until_is_greedy_through_the_engine_and_cut_at_stop(eval_model, model, tokenizer, tmp_path):
+    rows = [{"text": "Question: What is 2 + 3?\nAnswer:", "target": "5", "until": ["\n"], "max_gen_toks": 6},
+            {"text": "Once upon a time", "target": "there", "until": [" the"], "max_gen_toks": 6}]
+    task_file = _write_jsonl(tmp_path / "gen.jsonl", rows)
+    samples = evaluate(eval_model, [str(task_file)])["samples"]["gen"]
+    for row, sample in zip(rows, samples):
+        ids = tokenizer.encode(row["text"], bos=True)
+        generated: list[int] = []
+        with torch.no_grad():
+            for _ in range(row["max_gen_toks"]):
+                generated.append(int(model(torch.tensor([ids + generated]))[0, -1].argmax()))
+        text = tokenizer.decode(generated)
+        for stop in row["until"]:
+            text = text.split(stop)[0]
+        assert sample["generation"] == text
+        assert sample["exact_match"] == float(text.strip() == row["target"])
