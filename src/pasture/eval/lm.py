@@ -4,7 +4,7 @@
 Tokenization follows lm-eval's `_encode_pair`: trailing spaces of the context move into the
 continuation, `context + continuation` is encoded whole and split after the context's tokens,
 and an empty context becomes the prefix token (BOS, else end-of-text). BOS is prepended when the
-tokenizer says so (`add_bos_token`, as Hugging Face tokenizers and GGUF files record it) and by
+tokenizer says so (`add_bos`, from a Hugging Face tokenizer's config or a GGUF file) and by
 default otherwise (Llama 3).
 """
 
@@ -48,7 +48,7 @@ class EvalModel:
         self.tokenizer = tokenizer
         self.name = name
         self.batch_size = batch_size
-        self.add_bos = getattr(tokenizer, "add_bos_token", True) if add_bos is None else add_bos
+        self.add_bos = getattr(tokenizer, "add_bos", True) if add_bos is None else add_bos
         bos = getattr(tokenizer, "bos_id", None)
         self.prefix_token_id = bos if bos is not None else tokenizer.eos_id
         self.max_length = max_length or model.config.max_seq_len
