@@ -106,6 +106,9 @@ class EvalModel:
                                  seed=how.seed + sample, stop=how.until)
                   for _ in ids for sample in range(how.n)]
         room = self._engine.max_seq_len - how.max_tokens
+        if room < 1:
+            raise EvalModelError(f"{how.max_tokens} new tokens leave no room for a prompt in {self._engine.max_seq_len} "
+                                 "positions; lower the task's max_gen_toks")
         prompts_ids = [p[-room:] for p in ids for _ in range(how.n)]
         results = self._engine.generate(prompts_ids, params, progress=self.progress)
         texts = [r.text for r in results]

@@ -32,3 +32,14 @@ def results_table(results: dict, include_subtasks: bool = False) -> str:
         cells = [name, f"{metrics.get('n', 0):,}", str(metrics.get("shots", "–")), *(_cell(metrics, m) for m in present)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def inloop_table(records: list[dict]) -> str:
+    """In-loop evaluation records (metrics.jsonl `kind: eval`): one row per step, one column per
+    `<task>/<metric>` value."""
+    columns = sorted({k for r in records for k in r if "/" in k})
+    lines = ["| step | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for record in records:
+        cells = [f"{record[c]:.4f}" if c in record else "–" for c in columns]
+        lines.append(f"| {record.get('step', '?')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
