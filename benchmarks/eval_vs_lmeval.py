@@ -77,12 +77,12 @@ def run_lm_eval(gguf: Path, limit: int, batch_size: int, root: Path) -> tuple[di
     eval_s = time.perf_counter() - t0
     results = {n.removesuffix("_local"): {"acc": out["results"][n]["acc,none"], "acc_norm": out["results"][n]["acc_norm,none"]}
                for n in names}
-    picks = {}
+    items = {}
     for n in names:
         samples = sorted(out["samples"][n], key=lambda s: s["doc_id"])
-        picks[n.removesuffix("_local")] = [
-            [float(r[0]) for r in s["filtered_resps"]] for s in samples]
-    return results, picks, load_s, eval_s
+        items[n.removesuffix("_local")] = [
+            ([float(r[0]) for r in s["filtered_resps"]], s["acc"], s["acc_norm"]) for s in samples]
+    return results, items, load_s, eval_s
 
 
 def run_pasture(gguf: Path, limit: int, batch_size: int) -> tuple[dict, dict, float, float]:
@@ -93,8 +93,8 @@ def run_pasture(gguf: Path, limit: int, batch_size: int) -> tuple[dict, dict, fl
     out = evaluate(lm, list(TASKS), EvalSettings(shots=0, limit=limit))
     eval_s = time.perf_counter() - t0
     results = {t: {"acc": out["results"][t]["acc"], "acc_norm": out["results"][t]["acc_norm"]} for t in TASKS}
-    picks = {t: [s["loglikelihoods"] for s in out["samples"][t]] for t in TASKS}
-    return results, picks, load_s, eval_s
+    items = {t: [(s["loglikelihoods"], s["acc"], s["acc_norm"]) for s in out["samples"][t]] for t in TASKS}
+    return results, items, load_s, eval_s
 
 
 def main() -> None:
@@ -106,9 +106,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     gguf = smollm2_gguf()
-    ours, our_ll, our_load, our_s = run_pasture(gguf, args.limit, args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
-        theirs, their_ll, their_load, their_s = run_lm_eval(gguf, args.limit, args.batch_size, Path(tmp))
+        theirs, their_items, their_load, their_s = run_lm_eval(gguf, args.limit, args.batch_size, Path(tmp))
+    ours, our_items, our_load, our_s = run_pasture(gguf, args.limit, args.batch_size)
+    our_ll = {t: [i[0] for i in v] for t, v in our_items.items()}
+    their_ll = {t: [i[0] for i in v] for t, v in their_items.items()}
     import lm_eval
     import transformers
 
@@ -127,6 +129,11 @@ def main() -> None:
             worst = max(worst, abs(ours[task][metric] - theirs[task][metric]))
         print(f"| {task} | {len(our_ll[task])} | {ours[task]['acc']:.4f} | {theirs[task]['acc']:.4f} | "
               f"{ours[task]['acc_norm']:.4f} | {theirs[task]['acc_norm']:.4f} | {differ} | {diff:.2e} |")
+    first = min(200, args.limit)
+    for name, items in (("pasture", our_items), ("lm-eval", their_items)):
+        arc = items["arc_easy"][:first]
+        print(f"ARC-Easy first {first} ({name}): acc {sum(i[1] for i in arc) / first:.3f}, "
+              f"acc_norm {sum(i[2] for i in arc) / first:.3f}")
     print(f"\nlargest accuracy difference: {100 * worst:.2f} points")
     print(f"evaluation seconds: pasture {our_s:.1f}, lm-eval hf {their_s:.1f}: pasture {their_s / our_s:.2f}x faster "
           f"(model load: pasture {our_load:.1f} s, transformers {their_load:.1f} s)")

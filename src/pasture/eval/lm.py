@@ -18,8 +18,8 @@ import torch
 from pasture.errors import PastureError
 from pasture.eval.scoring import LoglikelihoodScorer, Request, Score, rolling_windows
 from pasture.model import Transformer
-from pasture.model import load as load_model
 from pasture.model.config import PRESETS
+from pasture.runs import load as load_model
 from pasture.tokenizer import Tokenizer
 
 

@@ -33,10 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from pasture.errors import PastureError
-    from pasture.model import load
+    from pasture.runs import load
     from pasture.serve import Engine, SamplingParams
     from pasture.tokenizer import Tokenizer, resolve_tokenizer_path
-    from pasture.train.pretrain import resolve_device
+    from pasture.runtime import resolve_device
     from pasture.train.pretrain_cli import find_tokenizer
 
     device = resolve_device(args.device)
