@@ -309,3 +309,34 @@ def test_generate_until_is_greedy_through_the_engine_and_cut_at_stop(eval_model,
             text = text.split(stop)[0]
         assert sample["generation"] == text
         assert sample["exact_match"] == float(text.strip() == row["target"])
+
+
+def test_in_loop_evaluation_writes_eval_records_equal_to_pasture_eval(tmp_path):
+    from token_data import write_progressions
+
+    from pasture.eval.inloop import from_recipe
+    from pasture.runs import load as load_run
+    from pasture.tokenizer.tokenizer import write_bpe_ranks
+    from pasture.train.metrics import read_metrics
+    from pasture.train.pretrain import pretrain
+    from pasture.train.recipe import load_recipe, parse_recipe
+
+    data = write_progressions(tmp_path / "tokens", 600, 60, 10, 60)  # 600 >= 256 bytes + 256 specials
+    run = tmp_path / "run"
+    run.mkdir()
+    write_bpe_ranks([bytes([b]) for b in range(256)], run / "tokenizer.model")  # a byte-level tokenizer
+    task_file = _write_jsonl(tmp_path / "mine.jsonl", CHOICE_ROWS)
+    raw = load_recipe("tiny", [f"data.train=[\"{data}\"]", f"log.dir=\"{run}\"", "log.progress=false",
+                               "log.tensorboard=false", "train.seq_len=32", "train.batch_size=2", "train.batch_ramp=[]",
+                               "train.steps=7", "train.anneal_steps=0", "optim.warmup_steps=2", "eval.every=0",
+                               "eval.batches=0", "checkpoint.every=0", "checkpoint.anneal_every=0", "model.dim=32",
+                               "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1", "model.multiple_of=32",
+                               f"eval.tasks=[\"{task_file}\"]", "eval.tasks_every=3", "eval.tasks_limit=4"])
+    recipe = parse_recipe(raw)
+    pretrain(recipe, raw, log=lambda *_: None, benchmarks=from_recipe(recipe))
+    records = read_metrics(run, "eval")
+    assert [r["step"] for r in records] == [3, 6, 7]
+    model, _ = load_run(run)
+    final = evaluate(EvalModel(model, Tokenizer.load(run / "tokenizer.model"), progress=False), [str(task_file)])
+    for metric in ("acc", "acc_norm", "acc_per_token"):
+        assert records[-1][f"mine/{metric}"] == pytest.approx(final["results"]["mine"][metric])

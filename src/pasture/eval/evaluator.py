@@ -77,9 +77,7 @@ def run_task(lm: EvalModel, task: Task, settings: EvalSettings) -> tuple[dict, l
     formulation = settings.formulation or task.default_formulation
     if formulation not in task.formulations:
         formulation = task.default_formulation
-    docs = task.docs(formulation)
-    if settings.limit is not None:
-        docs = docs[:settings.limit]
+    docs = task.docs(formulation, settings.limit)
     shots = task.default_shots if settings.shots is None else settings.shots
     contexts = task.contexts(docs, shots, formulation)
     if task.output_type == "multiple_choice":

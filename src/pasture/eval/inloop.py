@@ -9,6 +9,7 @@ prompts as `pasture eval`, so in-loop numbers match a later `pasture eval --limi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -22,26 +23,35 @@ HEADLINE = ("acc", "acc_norm", "acc_per_token", "bits_per_byte", "exact_match", 
 
 @dataclass
 class InLoopEval:
-    """Runs `tasks` (log-likelihood tasks: multiple choice or documents) every `every` steps."""
+    """Runs `tasks` (log-likelihood tasks: multiple choice or documents) on the first `limit`
+    items. `tokenizer` may be a path, read at the first call (a run folder's tokenizer.model is
+    copied there when training starts). Runs in one process (no FSDP/TP sharding of the model)."""
 
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | str | Path
     tasks: list[str] = field(default_factory=lambda: ["arc_easy", "hellaswag", "piqa"])
-    every: int = 500
     limit: int = 100
     shots: int = 0
     batch_size: int = 16
 
-    def due(self, step: int) -> bool:
-        return self.every > 0 and step > 0 and step % self.every == 0
-
-    def __call__(self, model: Transformer, step: int) -> dict[str, float]:
-        """`{"<task>/<metric>": value}` for this step's model."""
+    def __call__(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        """`{"<task>/<metric>": value}` for this step's model (a Transformer, or a module wrapping one)."""
+        if not isinstance(self.tokenizer, Tokenizer):
+            self.tokenizer = Tokenizer.load(self.tokenizer)
+        transformer = next(m for m in model.modules() if isinstance(m, Transformer))
         was_training = model.training
-        lm = EvalModel(model, self.tokenizer, batch_size=self.batch_size, progress=False, name=f"step {step}")
+        lm = EvalModel(transformer, self.tokenizer, batch_size=self.batch_size, progress=False, name=f"step {step}")
         try:
-            with torch.autocast(model.tok_embeddings.weight.device.type, enabled=False):
+            with torch.autocast(transformer.tok_embeddings.weight.device.type, enabled=False):
                 results = evaluate(lm, self.tasks, EvalSettings(shots=self.shots, limit=self.limit))["results"]
         finally:
             model.train(was_training)
         return {f"{task}/{metric}": float(value) for task, metrics in results.items()
                 for metric, value in metrics.items() if metric in HEADLINE}
+
+
+def from_recipe(recipe) -> InLoopEval | None:
+    """The in-loop evaluation a pre-training recipe asks for (`eval.tasks`), or None."""
+    if not recipe.eval.tasks:
+        return None
+    return InLoopEval(Path(recipe.log.dir) / "tokenizer.model", list(recipe.eval.tasks), limit=recipe.eval.tasks_limit,
+                      batch_size=recipe.eval.batch_size)

@@ -20,7 +20,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from pasture.eval.data import EvalDataError, list_dirs, read_arrow_rows, read_humaneval, read_olmes_requests
 
@@ -75,13 +75,14 @@ class DocumentDoc:
 
 
 Doc = ChoiceDoc | GenerationDoc | DocumentDoc
+DocsFn = Callable[..., list[Doc]]  # (formulation, limit=None) -> the first `limit` documents, in order
 
 
 @dataclass
 class Task:
     """A named task: how to read its documents, and how lm-eval builds its few-shot context.
 
-    docs(formulation) gives the evaluated documents in the package's order; shots_pool, when
+    docs(formulation, limit) gives the evaluated documents in the package's order; shots_pool, when
     set, gives the few-shot examples taken in order (lm-eval's first_n sampler, MMLU's dev split);
     otherwise examples are drawn at random from the evaluated split itself, skipping the document
     being evaluated, as lm-eval does when the few-shot split is the evaluated one.
@@ -89,10 +90,10 @@ class Task:
 
     name: str
     output_type: str  # "multiple_choice" | "generate_until" | "loglikelihood_rolling"
-    docs: Callable[[str], list[Doc]]
+    docs: DocsFn
     default_formulation: str = "cloze"
     formulations: tuple[str, ...] = ("cloze",)
-    shots_pool: Callable[[str], list[Doc]] | None = None
+    shots_pool: DocsFn | None = None
     description: str = ""
     fewshot_delimiter: str = "\n\n"
     default_shots: int = 0
@@ -137,23 +138,25 @@ def lettered(stem: str, options: list[str], gold: int) -> ChoiceDoc:
 
 def _choice_task(name: str, split: str, to_doc: Callable[[dict, str], ChoiceDoc], *,
                  formulations: tuple[str, ...] = FORMULATIONS, default: str = "cloze",
-                 description: str = "", shots_pool: Callable[[str], list[Doc]] | None = None) -> Task:
-    def docs(formulation: str) -> list[Doc]:
-        return [to_doc(row, formulation) for row in read_arrow_rows(split)]
-
-    return Task(name, "multiple_choice", _cached(docs), default, formulations, shots_pool, description,
+                 description: str = "", shots_pool: DocsFn | None = None) -> Task:
+    return Task(name, "multiple_choice", _lazy(lambda: read_arrow_rows(split), to_doc), default, formulations, shots_pool, description,
                 metrics=("acc", "acc_norm", "acc_per_token"))
 
 
-def _cached(fn: Callable[[str], list[Doc]]) -> Callable[[str], list[Doc]]:
-    memo: dict[str, list[Doc]] = {}
+def _lazy(read_rows: Callable[[], list], to_doc: Callable[[Any, str], Doc]) -> DocsFn:
+    """Documents made from rows on demand and kept: `--limit 500` converts 500 of HellaSwag's 10,042."""
+    rows: list = []
+    made: dict[str, list[Doc]] = {}
 
-    def wrapper(formulation: str) -> list[Doc]:
-        if formulation not in memo:
-            memo[formulation] = fn(formulation)
-        return memo[formulation]
+    def docs(formulation: str, limit: int | None = None) -> list[Doc]:
+        if not rows:
+            rows.extend(read_rows())
+        done = made.setdefault(formulation, [])
+        wanted = len(rows) if limit is None else min(limit, len(rows))
+        done.extend(to_doc(row, formulation) for row in rows[len(done):wanted])
+        return done[:wanted]
 
-    return wrapper
+    return docs
 
 
 def _question_doc(stem: str, cloze_text: str, options: list[str], gold: int, formulation: str) -> ChoiceDoc:
@@ -236,13 +239,10 @@ def _mmlu_doc(row: dict, formulation: str) -> ChoiceDoc:
 
 
 def _mmlu_subject(subject: str) -> Task:
-    def pool(formulation: str) -> list[Doc]:
-        return [_mmlu_doc(row, formulation) for row in read_arrow_rows(f"hails/mmlu_no_train/{subject}/dev")]
-
     readable = subject.replace("_", " ")
     return _choice_task(f"mmlu_{subject}", f"hails/mmlu_no_train/{subject}/test", _mmlu_doc, default="mc",
                         description=f"The following are multiple choice questions (with answers) about {readable}.\n\n",
-                        shots_pool=_cached(pool))
+                        shots_pool=_lazy(lambda: read_arrow_rows(f"hails/mmlu_no_train/{subject}/dev"), _mmlu_doc))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,26 +257,24 @@ def _gsm8k_requests() -> list[dict]:
     return read_olmes_requests("gsm8k/gold_bpb_5shot")
 
 
-def _gsm8k_docs(formulation: str) -> list[Doc]:
-    return [GenerationDoc(f"Question: {r['doc']['question']}\nAnswer:", r["doc"]["answer"], GSM8K_UNTIL, 256)
-            for r in _gsm8k_requests()]
+def _gsm8k_doc(request: dict, formulation: str) -> Doc:
+    return GenerationDoc(f"Question: {request['doc']['question']}\nAnswer:", request["doc"]["answer"], GSM8K_UNTIL, 256)
 
 
-def _gsm8k_shots(formulation: str) -> list[Doc]:
+def _gsm8k_shots() -> list[tuple[str, str]]:
     """The 8 chain-of-thought examples (Wei et al.) the package's GSM8K requests are prompted with;
     the package ships no training split to draw lm-eval's random shots from."""
     context = _gsm8k_requests()[0]["request"]["context"]
     blocks = context.split("\n\nQuestion: ")[:-1]
-    shots = []
-    for i, block in enumerate(blocks):
-        text = block if i == 0 else "Question: " + block
-        question, answer = text.split("\nAnswer: ", 1)
-        shots.append(GenerationDoc(question + "\nAnswer:", answer, GSM8K_UNTIL, 256))
-    return shots
+    return [(block if i == 0 else "Question: " + block).split("\nAnswer: ", 1) for i, block in enumerate(blocks)]
 
 
-def _humaneval_docs(formulation: str) -> list[Doc]:
-    return [GenerationDoc(p["prompt"], p["test"], HUMANEVAL_UNTIL, 1024, extra=p) for p in read_humaneval()]
+def _gsm8k_shot(shot: tuple[str, str], formulation: str) -> Doc:
+    return GenerationDoc(shot[0] + "\nAnswer:", shot[1], GSM8K_UNTIL, 256)
+
+
+def _humaneval_doc(problem: dict, formulation: str) -> Doc:
+    return GenerationDoc(problem["prompt"], problem["test"], HUMANEVAL_UNTIL, 1024, extra=problem)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,9 +294,10 @@ def _builtin() -> dict[str, Task]:
         _choice_task("sciq", "sciq/none/validation", _sciq),
         _choice_task("social_iqa", "social_i_qa/none/validation", _siqa),
         _choice_task("commonsense_qa", "tau/commonsense_qa/none/validation", _csqa, default="mc"),
-        Task("gsm8k", "generate_until", _cached(_gsm8k_docs), shots_pool=_cached(_gsm8k_shots), default_shots=5,
+        Task("gsm8k", "generate_until", _lazy(_gsm8k_requests, _gsm8k_doc), shots_pool=_lazy(_gsm8k_shots, _gsm8k_shot),
+             default_shots=5,
              metrics=("exact_match,strict-match", "exact_match,flexible-extract")),
-        Task("humaneval", "generate_until", _cached(_humaneval_docs), metrics=("pass@1",)),
+        Task("humaneval", "generate_until", _lazy(read_humaneval, _humaneval_doc), metrics=("pass@1",)),
     ]
     return {t.name: t for t in tasks}
 
@@ -333,7 +332,7 @@ def get_task(name: str) -> Task:
     if name == "mmlu":
         subjects = [_mmlu_subject(s) for s in mmlu_subjects()]
         tasks.update({t.name: t for t in subjects})
-        mmlu = Task("mmlu", "multiple_choice", lambda formulation: [], "mc", FORMULATIONS,
+        mmlu = Task("mmlu", "multiple_choice", lambda formulation, limit=None: [], "mc", FORMULATIONS,
                     metrics=("acc", "acc_norm", "acc_per_token"), group=[t.name for t in subjects])
         tasks["mmlu"] = mmlu
         return mmlu
@@ -385,8 +384,9 @@ def load_jsonl_task(path: Path) -> Task:
     if len(kinds) > 1:
         raise EvalDataError(f"{path}: mixes item kinds ({', '.join(sorted(k.__name__ for k in kinds))}); one kind per file")
     kind = kinds.pop()
+    read = _lazy(lambda: docs, lambda doc, formulation: doc)
     if kind is ChoiceDoc:
-        return Task(path.stem, "multiple_choice", lambda f: docs, metrics=("acc", "acc_norm", "acc_per_token"))
+        return Task(path.stem, "multiple_choice", read, metrics=("acc", "acc_norm", "acc_per_token"))
     if kind is GenerationDoc:
-        return Task(path.stem, "generate_until", lambda f: docs, metrics=("exact_match",))
-    return Task(path.stem, "loglikelihood_rolling", lambda f: docs, metrics=("bits_per_byte",))
+        return Task(path.stem, "generate_until", read, metrics=("exact_match",))
+    return Task(path.stem, "loglikelihood_rolling", read, metrics=("bits_per_byte",))

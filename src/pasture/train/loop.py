@@ -57,6 +57,7 @@ class LoopConfig:
     anneal_every: int = 0  # during annealing: keep weights every N steps for averaging (0: off)
     async_checkpoint: bool = False
     eval_every: int = 0
+    benchmark_every: int = 0
     log_every: int = 1
     tensorboard: bool = True
     progress: bool = True
@@ -76,10 +77,12 @@ class _Counters:
 
 def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: ModelConfig,
           raw_recipe: dict[str, Any] | None = None, validate: Callable[[], dict[str, float]] | None = None,
-          log=print) -> dict[str, Any]:
+          log=print, benchmarks: Callable[[torch.nn.Module, int], dict[str, float]] | None = None) -> dict[str, Any]:
     """Train `runner`'s model on `task` per `config`; a summary (final loss, steps, run folder).
 
-    `validate()`, when given, returns held-out metrics every `config.eval_every` steps and at the end.
+    `validate()`, when given, returns held-out metrics every `config.eval_every` steps and at the end;
+    `benchmarks(model, step)` (in-loop evaluation, e.g. `pasture.eval.inloop.InLoopEval`) returns
+    benchmark metrics every `config.benchmark_every` steps and at the end, logged as `eval` records.
     """
     rank, world = rank_and_world()
     run_dir = Path(config.run_dir)
@@ -136,6 +139,8 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
             step = counters.step
             if validate is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
                 metrics.log("val", step, **validate())
+            if benchmarks is not None and config.benchmark_every and step % config.benchmark_every == 0:
+                metrics.log("eval", step, **benchmarks(model, step))
             if config.anneal_every and step > anneal_start and (step - anneal_start) % config.anneal_every == 0:
                 ckpt.save_anneal_weights(run_dir, step, model, model_config)
             if ((step == config.steps and config.checkpoint_final) or stop.requested
@@ -161,6 +166,8 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
             final_val = validate()
             metrics.log("val", counters.step, **final_val)
             summary.update(final_val)
+        if benchmarks is not None and config.benchmark_every and counters.step % config.benchmark_every:
+            metrics.log("eval", counters.step, **benchmarks(model, counters.step))
     metrics.close()
     return summary
 

@@ -39,11 +39,13 @@ def _register_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from pasture.eval.inloop import from_recipe
     from pasture.train.pretrain import pretrain
     from pasture.train.recipe import load_recipe, parse_recipe
 
     raw = load_recipe(args.recipe, args.overrides)
-    summary = pretrain(parse_recipe(raw), raw)
+    recipe = parse_recipe(raw)
+    summary = pretrain(recipe, raw, benchmarks=from_recipe(recipe))
     line = f"done: {summary['steps']} steps, {summary['tokens_seen']:,} tokens, final loss {summary['final_loss']:.4f}"
     if "val_bpb" in summary:
         line += f", val loss {summary['val_loss']:.4f}, val bits/byte {summary['val_bpb']:.4f}"
