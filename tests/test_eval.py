@@ -254,25 +254,13 @@ def _lm_eval_task_dir(tmp_path: Path, n: int) -> Path:
     return tmp_path
 
 
-def test_lm_eval_adapter_matches_pasture_eval(eval_model, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    from pasture.eval.lm_eval_adapter import PastureLM
-
-    task_dir = _lm_eval_task_dir(tmp_path, 8)
-    theirs = lm_eval.simple_evaluate(model=PastureLM(model=eval_model), tasks=["arc_easy_local"],
-                                     task_manager=TaskManager(include_path=str(task_dir)), log_samples=False)
-    ours = evaluate(eval_model, ["arc_easy"], EvalSettings(limit=8))["results"]["arc_easy"]
-    assert theirs["results"]["arc_easy_local"]["acc,none"] == pytest.approx(ours["acc"])
-    assert theirs["results"]["arc_easy_local"]["acc_norm,none"] == pytest.approx(ours["acc_norm"])
-
-
-def test_lm_eval_cli_finds_the_pasture_model(model, tmp_path):
-    """`lm_eval --model pasture` as installed: the .pth hook processed at start-up, then lm-eval's CLI."""
+def test_lm_eval_cli_runs_pasture_with_the_same_numbers_as_pasture_eval(eval_model, model, tmp_path):
+    """`lm_eval --model pasture` as installed (the .pth hook processed at start-up, then lm-eval's
+    CLI) on lm-eval's arc_easy YAML over the first ARC-Easy rows: every item's log-likelihoods and
+    the accuracies equal `pasture eval`'s."""
+    n = 4
     save(model, tmp_path / "ckpt")
-    task_dir = _lm_eval_task_dir(tmp_path, 3)
+    task_dir = _lm_eval_task_dir(tmp_path, n)
     site_dir = tmp_path / "site"
     site_dir.mkdir()
     (site_dir / "pasture-lm-eval.pth").write_text((SRC / "pasture-lm-eval.pth").read_text())
@@ -282,15 +270,21 @@ def test_lm_eval_cli_finds_the_pasture_model(model, tmp_path):
         from lm_eval.__main__ import cli_evaluate
         sys.argv = ["lm_eval", "--model", "pasture", "--model_args", "path={tmp_path / 'ckpt'},tokenizer=llama3",
                     "--tasks", "arc_easy_local", "--include_path", {str(task_dir)!r},
-                    "--output_path", {str(tmp_path / 'out')!r}]
+                    "--output_path", {str(tmp_path / 'out')!r}, "--log_samples"]
         cli_evaluate()
     """)
     env = {"PYTHONPATH": str(SRC), "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "2", "PATH": "/usr/bin:/bin",
            "HOME": str(tmp_path)}
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    written = list((tmp_path / "out").rglob("results_*.json"))
-    assert written and json.loads(written[0].read_text())["results"]["arc_easy_local"]["acc,none"] >= 0
+    theirs = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]["arc_easy_local"]
+    their_items = [json.loads(line) for line in next((tmp_path / "out").rglob("samples_*.jsonl")).read_text().splitlines()]
+    ours = evaluate(eval_model, ["arc_easy"], EvalSettings(limit=n))
+    assert theirs["acc,none"] == pytest.approx(ours["results"]["arc_easy"]["acc"])
+    assert theirs["acc_norm,none"] == pytest.approx(ours["results"]["arc_easy"]["acc_norm"])
+    for item in sorted(their_items, key=lambda s: s["doc_id"]):
+        their_ll = [float(r[0]) for r in item["filtered_resps"]]
+        assert their_ll == pytest.approx(ours["samples"]["arc_easy"][item["doc_id"]]["loglikelihoods"], abs=1e-4)
 
 
 def test_generate_until_is_greedy_through_the_engine_and_cut_at_stop(eval_model, model, tokenizer, tmp_path):
