@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from pasture.eval.table import inloop_table, results_table
+from pasture.report.eval_tables import inloop_table, results_table
 from pasture.train.metrics import read_metrics
 
 

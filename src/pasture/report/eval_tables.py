@@ -1,5 +1,5 @@
-"""Results as a markdown table (the report card and `pasture eval` print it). No torch here,
-so the report can render results without loading the evaluation stack."""
+"""`pasture eval` results as markdown tables, for the report card and the command's output.
+Plain dictionaries in, text out: the report renders results without loading the evaluation stack."""
 
 from __future__ import annotations
 
