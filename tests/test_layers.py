@@ -21,9 +21,13 @@ ALLOWED: dict[str, set[str]] = {
     "ground": set(),
     **{name: {"ground"} for name in BASE},
     "train": {"ground", "model", "tokenizer"},
-    **{name: set(BELOW_STAGES) for name in STAGES},
-    "serve": BELOW_STAGES | {"safety"},
-    "eval": BELOW_STAGES | {"safety"},
+    **{name: BELOW_STAGES | {"runs"} for name in STAGES},
+    "runs": set(BELOW_STAGES),  # the loader of runs and checkpoints every stage opens models with
+    # the engine samples for evaluation and rejection sampling; evaluation scores sweeps and post-training
+    "serve": BELOW_STAGES | {"runs", "safety"},
+    "eval": BELOW_STAGES | {"runs", "serve", "safety"},
+    "post": BELOW_STAGES | {"runs", "serve", "eval"},
+    "scaling": BELOW_STAGES | {"runs", "eval"},
     "commands": {"ground", "train", "speedrun", *BASE, *STAGES},
     "top": {"ground", "commands", "train", *BASE, *STAGES},
 }

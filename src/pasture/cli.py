@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("pasture.train.cli", "check that a pre-training recipe's parallel layout fits before launching it"),
     "model": ("pasture.model.cli", "inspect model presets and checkpoints"),
     "convert": ("pasture.model.cli", "convert checkpoints between pasture, Hugging Face, Meta and GGUF layouts"),
+    "eval": ("pasture.eval.cli", "evaluate a model on benchmarks (ARC, HellaSwag, MMLU, GSM8K, HumanEval, ...)"),
 }
 
 

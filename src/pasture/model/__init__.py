@@ -72,6 +72,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig
         return read_gguf(folder)
     if not folder.exists():
         raise CheckpointError(f"{str(path)!r} is neither a preset ({', '.join(PRESETS)}) nor an existing model folder")
+    if folder.suffix == ".gguf" or is_gguf(folder):
+        return read_gguf(folder)
     if (folder / FINAL_MODEL_DIR / "config.json").is_file():
         folder = folder / FINAL_MODEL_DIR
     elif (folder / TRAINING_CHECKPOINTS).is_dir():

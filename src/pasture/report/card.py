@@ -23,6 +23,7 @@ import torch
 
 from pasture import __version__
 from pasture.errors import PastureError
+from pasture.report.eval_tables import inloop_table, results_table
 from pasture.train.metrics import read_metrics
 
 
@@ -150,6 +151,12 @@ def build_markdown(summary: dict[str, Any], plots: list[Path], run_dir: Path) ->
     if final:
         parts += ["## Final metrics (held-out text)", "",
                   _table([(k, _fmt(v)) for k, v in final.items()], ("metric", "value")), ""]
+    benchmarks = summary.get("benchmarks")
+    if benchmarks:
+        parts += ["## Benchmarks (`pasture eval`)", "", results_table(benchmarks), ""]
+    inloop = summary.get("in_loop_eval")
+    if inloop:
+        parts += ["## In-loop evaluation", "", inloop_table(inloop), ""]
     samples = summary.get("samples")
     if samples:
         parts += ["## Samples", ""]
@@ -219,7 +226,9 @@ def write_report(run_dir: Path, summary: dict[str, Any], train_dir: Path | None 
     """Write report.md and report.html into `run_dir`; plots come from `train_dir`'s metrics
     (default: the speedrun layout's `run_dir/train`)."""
     run_dir = Path(run_dir)
-    plots = plot_training(train_dir or run_dir / "train", run_dir / "plots")
+    train_dir = train_dir or run_dir / "train"
+    plots = plot_training(train_dir, run_dir / "plots")
+    summary = {"in_loop_eval": read_metrics(train_dir, "eval") or None, **summary}
     markdown = build_markdown(summary, plots, run_dir)
     md_path = run_dir / "report.md"
     md_path.write_text(markdown)
@@ -247,7 +256,15 @@ def pretrain_summary(run_dir: Path) -> dict[str, Any]:
             "skipped steps": len(skipped),
         },
         "evaluation": {k: v for k, v in val[-1].items() if k not in ("kind",)} if val else None,
+        "in_loop_eval": read_metrics(run_dir, "eval") or None,
+        "benchmarks": _benchmarks(run_dir),
     }
+
+
+def _benchmarks(run_dir: Path) -> dict[str, Any] | None:
+    """`pasture eval --out RUN_DIR/eval/results.json` results, when the run folder holds them."""
+    path = run_dir / "eval" / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def rebuild(run_dir: Path) -> tuple[Path, Path]:

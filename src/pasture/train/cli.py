@@ -10,6 +10,7 @@ from pasture.errors import PastureError
 from pasture.model.config import preset
 from pasture.train import parallel
 from pasture.train.plan import render
+from pasture.eval.inloop import from_recipe
 from pasture.train.pretrain import pretrain
 from pasture.train.recipe import build_model_config, load_recipe, parse_recipe
 from pasture.train.tokenize import DEFAULT_SHARD_TOKENS, tokenize_documents
@@ -93,7 +94,8 @@ def _register_pretrain(sub: argparse._SubParsersAction) -> None:
 
 def _pretrain(args: argparse.Namespace) -> int:
     raw = load_recipe(args.recipe, args.overrides)
-    summary = pretrain(parse_recipe(raw), raw)
+    recipe = parse_recipe(raw)
+    summary = pretrain(recipe, raw, benchmarks=from_recipe(recipe))
     line = f"done: {summary['steps']} steps, {summary['tokens_seen']:,} tokens, final loss {summary['final_loss']:.4f}"
     if "val_bpb" in summary:
         line += f", val loss {summary['val_loss']:.4f}, val bits/byte {summary['val_bpb']:.4f}"

@@ -59,6 +59,7 @@ class LoopConfig:
     async_checkpoint: bool = False
     final_model: bool = True  # write RUN/model/ at the end (rank 0 holds the whole model in CPU memory once)
     eval_every: int = 0
+    benchmark_every: int = 0
     log_every: int = 1
     tensorboard: bool = True
     progress: bool = True
@@ -78,10 +79,12 @@ class _Counters:
 
 def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: ModelConfig,
           raw_recipe: dict[str, Any] | None = None, validate: Callable[[], dict[str, float]] | None = None,
-          log=print) -> dict[str, Any]:
+          log=print, benchmarks: Callable[[torch.nn.Module, int], dict[str, float]] | None = None) -> dict[str, Any]:
     """Train `runner`'s model on `task` per `config`; a summary (final loss, steps, run folder).
 
-    `validate()`, when given, returns held-out metrics every `config.eval_every` steps and at the end.
+    `validate()`, when given, returns held-out metrics every `config.eval_every` steps and at the end;
+    `benchmarks(model, step)` (in-loop evaluation, e.g. `pasture.eval.inloop.InLoopEval`) returns
+    benchmark metrics every `config.benchmark_every` steps and at the end, logged as `eval` records.
     """
     rank, world = rank_and_world()
     run_dir = Path(config.run_dir)
@@ -138,6 +141,8 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
             step = counters.step
             if validate is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
                 metrics.log("val", step, **validate())
+            if benchmarks is not None and config.benchmark_every and step % config.benchmark_every == 0:
+                metrics.log("eval", step, **benchmarks(model, step))
             if config.anneal_every and step > anneal_start and (step - anneal_start) % config.anneal_every == 0:
                 ckpt.save_anneal_weights(run_dir, step, model, model_config)
             stopping, written = agree_across_ranks(stop.requested, saver.written(), runner.device)
@@ -174,6 +179,8 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
             final_val = validate()
             metrics.log("val", counters.step, **final_val)
             summary.update(final_val)
+        if benchmarks is not None and config.benchmark_every and counters.step % config.benchmark_every:
+            metrics.log("eval", counters.step, **benchmarks(model, counters.step))
     metrics.close()
     return summary
 

@@ -90,12 +90,15 @@ def loop_config(recipe: PretrainRecipe) -> LoopConfig:
         resume=recipe.resume, max_bad_steps=t.max_bad_steps, max_grad_norm=t.max_grad_norm,
         grad_spike_factor=t.grad_spike_factor, checkpoint_every=c.every, keep_last=c.keep_last,
         checkpoint_final=c.final, anneal_every=c.anneal_every, async_checkpoint=recipe.parallel.async_checkpoint,
-        eval_every=recipe.eval.every, log_every=recipe.log.every, tensorboard=recipe.log.tensorboard,
+        eval_every=recipe.eval.every, benchmark_every=(recipe.eval.tasks_every or recipe.eval.every) if recipe.eval.tasks else 0,
+        log_every=recipe.log.every, tensorboard=recipe.log.tensorboard,
         progress=recipe.log.progress, name="pretrain")
 
 
-def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
-    """Train per `recipe`; returns a summary (final losses, steps, run folder).
+def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, log=print,
+             benchmarks: Callable[[torch.nn.Module, int], dict[str, float]] | None = None) -> dict[str, Any]:
+    """Train per `recipe`; returns a summary (final losses, steps, run folder). `benchmarks`: the
+    in-loop evaluation of `eval.tasks` (the command builds it; see pasture.eval.inloop).
 
     Launched by torchrun with several processes, the run follows `recipe.parallel`;
     in one process it trains the whole model on one device.
@@ -132,4 +135,4 @@ def pretrain(recipe: PretrainRecipe, raw_recipe: dict[str, Any] | None = None, l
     validate = None
     if val_loader is not None:
         validate = partial(evaluate, runner.module, val_loader, device, dtype, runner.eval_batch_loss())
-    return train(task, runner, loop_config(recipe), config, raw_recipe, validate, log)
+    return train(task, runner, loop_config(recipe), config, raw_recipe, validate, log, benchmarks)

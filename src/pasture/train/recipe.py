@@ -78,6 +78,9 @@ class EvalSection:
     every: int = 50
     batches: int = 8
     batch_size: int = 8
+    tasks: list[str] = field(default_factory=list)  # benchmark tasks run in the loop (`pasture eval` names)
+    tasks_every: int = 0  # steps between them (0: at `every`), and at the end
+    tasks_limit: int = 100  # first N items of each task
     prompts: list[str] = field(default_factory=list)  # sampled at the end of the run
     sample_tokens: int = 48
     temperature: float = 0.8
