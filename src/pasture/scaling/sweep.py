@@ -33,7 +33,7 @@ PARAMS_CONVENTION = ("params: matmul parameters (every linear layer and the outp
 LR_SIZE_EXPONENT = math.log(4e-4 / 2e-4) / math.log(16e9 / 40e6)
 BATCH_COMPUTE_EXPONENT = math.log(4e6 / 250e3) / math.log(1e22 / 6e18)
 # widths tried (model_shape gives the rest; tiny is width 128: 4 heads, 4 layers)
-WIDTHS = (32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280, 1536, 2048)
+WIDTHS = (16, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280, 1536, 2048)
 
 
 @dataclass
