@@ -34,6 +34,9 @@ RUN_LAYOUT = {
     "report.md, report.html": "the report card (the HTML is self-contained)",
 }
 
+# the IsoFLOP sweep on the default sources that chose the tiny preset (benchmarks/RESULTS.md)
+SCALING_SWEEP = Path(__file__).resolve().parent / "recipes" / "scaling" / "tiny-isoflops.jsonl"
+
 PRESET_RECIPES = {"tiny": "tiny", "125m": "125m", "llama3.2-1b": "1b", "1b": "1b", "llama3.1-8b": "8b", "8b": "8b"}
 
 
@@ -212,12 +215,13 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
 
     from pasture.baselines import compressor_baselines
     from pasture.model import load
+    from pasture.model.info import num_matmul_params
     from pasture.train.loader import ValidationLoader
     from pasture.train.pretrain import evaluate, parse_recipe, resolve_device
     from pasture.train.shards import TokenDataset
 
     device = resolve_device("auto")
-    model, _ = load(cfg.run_dir / "train", device=device)
+    model, config = load(cfg.run_dir / "train", device=device)
     val = TokenDataset(cfg.run_dir / "tokens", "val")
     seq_len = parse_recipe(json.loads((cfg.run_dir / "train" / "recipe.json").read_text())).train.seq_len
     loader = ValidationLoader(val, batch_size=8, seq_len=seq_len)
@@ -228,6 +232,7 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     compressors = compressor_baselines(cfg.run_dir / "tokens", cfg.run_dir / "tokenizer" / "tokenizer.model")
     metrics["baselines"] = {"unigram_bpb": metrics["unigram_bpb"],
                             **{k: compressors[k] for k in ("xz_bpb", "zstd_bpb", "zstd_dict_bpb")}}
+    metrics["matmul_params"] = num_matmul_params(config)  # the scaling sweep's parameter convention
     metrics["val_documents"] = compressors["val_documents"]
     metrics["largest_document_share"] = compressors["largest_document_share"]
     return metrics
@@ -281,6 +286,7 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
     trained = stages.run("pretrain", lambda: pretrain_stage(cfg))
     evaluation = stages.run("evaluate", lambda: evaluate_stage(cfg))
     samples = stages.run("sample", lambda: sample_stage(cfg))
+    scaling = scaling_position(trained["tokens_seen"], evaluation, run_dir / "plots")
 
     train_records = _train_records(run_dir / "train")
     summary = {
@@ -302,14 +308,40 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
         },
         "evaluation": evaluation,
         "val_bpb": evaluation["val_bpb"],
-        "baselines": evaluation["baselines"],
+        "baselines": evaluation.get("baselines"),
         "samples": samples["samples"],
+        "scaling": scaling,
         "layout": RUN_LAYOUT,
     }
     (run_dir / "speedrun.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     md, html = write_report(run_dir, summary)
     log(f"report: {md} and {html}")
     return summary
+
+
+def scaling_position(tokens: int, evaluation: dict[str, Any], plot_dir: Path) -> dict[str, Any] | None:
+    """Where this run sits against the IsoFLOP sweep that chose the tiny preset (shipped
+    beside its recipe): its budget, the approach-3 optimum at that budget, and a plot.
+    None for an evaluation recorded before parameters were counted the sweep's way."""
+    from pasture.scaling.laws import approach3, approach3_optimum, predicted_loss, read_points
+    from pasture.scaling.plots import plot_isoflops
+    from pasture.scaling.sweep import read_points_file
+
+    params = evaluation.get("matmul_params")
+    if params is None:
+        return None
+    flops = 6 * params * tokens
+    points = read_points(read_points_file(SCALING_SWEEP))
+    law = approach3(points)
+    optimum = approach3_optimum(law, flops)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    plot_isoflops(points, plot_dir / "scaling.png",
+                  {"tokens": tokens, "loss": evaluation["val_loss"], "label": f"this run ({flops:.2e} FLOPs)"})
+    return {"sweep": str(SCALING_SWEEP), "flops": flops, "matmul params": params, "tokens": tokens,
+            "tokens per param": tokens / params, "held-out loss": evaluation["val_loss"],
+            "approach 3 optimal params": round(optimum["params"]), "approach 3 optimal tokens": round(optimum["tokens"]),
+            "approach 3 loss at this run": predicted_loss(law, params, tokens),
+            "approach 3 loss at the optimum": optimum["loss"]}
 
 
 def _tokenizer_summary(tok: dict[str, Any]) -> dict[str, Any]:
