@@ -14,13 +14,16 @@ import sys
 import numpy as np
 import pytest
 from token_data import write_progressions
+import torch
 
 from pasture.cli import main
 from pasture.model import build, save
 from pasture.model.config import preset
+from pasture.model.llama import Transformer
 from pasture.train import checkpoint as ckpt
 from pasture.train import parallel as par
 from pasture.train import pretrain as pt
+from pasture.train.recipe import build_model_config, check_batch_shapes, load_recipe, parse_recipe
 from pasture.train.metrics import read_metrics
 
 VOCAB = 256
@@ -53,8 +56,8 @@ def recipe_args(data, run_dir, init, *extra):
 
 
 def one_process(args):
-    recipe, raw = pt.load_recipe("tiny", args)
-    return pt.pretrain(recipe, raw, log=lambda *_: None)
+    raw = load_recipe("tiny", args)
+    return pt.pretrain(parse_recipe(raw), raw, log=lambda *_: None)
 
 
 def free_port() -> int:
@@ -226,6 +229,23 @@ def test_checkpoint_from_fsdp_resumes_under_another_layout(token_data, tmp_path,
     np.testing.assert_allclose(got[4], want[4], rtol=TOLERANCE)
 
 
+def test_pipeline_stages_chained_run_the_models_own_forward():
+    """Each stage is the model with the other stages' layers deleted; chained, the stages give
+    the whole model's hidden states exactly (one forward, in model/llama.py)."""
+    model = build(preset("tiny").replace(dim=64, n_layers=5, n_heads=4, n_kv_heads=2, multiple_of=32,
+                                         vocab_size=VOCAB, tie_embeddings=False), seed=3)
+    tokens = torch.randint(0, VOCAB, (2, 24))
+    document_ids = torch.tensor([[0] * 10 + [1] * 14, [0] * 24])
+    ranges = par.stage_layer_ids(5, 3)
+    stages = [par.PipelineStageModule(model, r, first=i == 0, last=i == 2) for i, r in enumerate(ranges)]
+    assert all(isinstance(s, Transformer) for s in stages)  # the model's forward, not a second one
+    assert [list(s.layers._modules) for s in stages] == [[str(i) for i in r] for r in ranges]
+    h = tokens
+    for stage in stages:
+        h = stage(h, document_ids)
+    assert torch.equal(h, model(tokens, document_ids, return_hidden=True))
+
+
 def test_layout_arithmetic_and_coordinates():
     layout = par.resolve_layout(par.ParallelConfig(dp_replicate=2, tp=8, pp=16), 16384)
     assert (layout.dp_shard, layout.dp, layout.world_size) == (64, 128, 16384)
@@ -254,12 +274,12 @@ def test_layout_arithmetic_and_coordinates():
     (["parallel.activation_checkpoint=\"some\""], 1, "activation_checkpoint must be one of"),
 ])
 def test_bad_layouts_fail_before_any_work(token_data, tmp_path, overrides, world, message):
-    recipe, _ = pt.load_recipe("tiny", recipe_args(token_data, tmp_path / "run", "", *overrides))
+    recipe = parse_recipe(load_recipe("tiny", recipe_args(token_data, tmp_path / "run", "", *overrides)))
     recipe.model.init_from = ""
-    config = pt.build_model_config(recipe, VOCAB)
+    config = build_model_config(recipe, VOCAB)
     with pytest.raises(par.ParallelConfigError, match=message.replace("*", r"\*")):
         layout = par.resolve_layout(recipe.parallel, world)
-        seq_lens = pt._batch_checks(recipe, layout)
+        seq_lens = check_batch_shapes(recipe, layout)
         par.validate(recipe.parallel, layout, config, seq_lens=seq_lens)
 
 

@@ -1,0 +1,38 @@
+"""Open any model a user can point at: a training run, a checkpoint, or a model format.
+
+`pasture.model.load` reads model formats (presets; pasture, Hugging Face and Meta model
+folders). A training run folder (its newest valid checkpoint), a checkpoint folder and a
+weights folder (`anneal/`, `averaged/`) are training formats, read by `train.checkpoint`;
+`load` here reads both kinds, so commands, evaluation and serving take any of them:
+
+    model, config = pasture.runs.load("runs/tiny")          # newest valid checkpoint of a run
+    model, config = pasture.runs.load("llama3.2-1b")        # anything pasture.model.load reads
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pasture import model as model_formats
+from pasture.model.config import ModelConfig
+from pasture.model.llama import Transformer
+from pasture.train import checkpoint as ckpt
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """Weights (CPU, unsharded, pasture names) and config of a run, checkpoint or model folder."""
+    if ckpt.is_run_or_checkpoint(Path(path)):
+        return ckpt.read_model_state(Path(path))
+    return model_formats.read_weights(path)
+
+
+def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+         attention_backend: str = "auto", seed: int = 0) -> tuple[Transformer, ModelConfig]:
+    """A model and its config from a run, checkpoint or weights folder, or anything
+    `pasture.model.load` reads (a preset or a pasture / Hugging Face / Meta model folder)."""
+    if ckpt.is_run_or_checkpoint(Path(path_or_preset)):
+        state, config = ckpt.read_model_state(Path(path_or_preset))
+        return model_formats.from_weights(state, config, device, dtype, attention_backend), config
+    return model_formats.load(path_or_preset, device, dtype, attention_backend, seed)
