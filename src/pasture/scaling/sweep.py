@@ -23,7 +23,8 @@ from typing import Any, Callable
 from pasture.errors import PastureError
 from pasture.model.config import ModelConfig, preset
 from pasture.model.info import num_matmul_params, num_params
-from pasture.train.pretrain import load_recipe, pretrain
+from pasture.train.pretrain import pretrain
+from pasture.train.recipe import load_recipe, parse_recipe
 from pasture.train.shards import TokenDataset
 
 PARAMS_CONVENTION = ("params: matmul parameters (every linear layer and the output projection, tied or not; "
@@ -110,7 +111,7 @@ def point_overrides(plan: dict[str, Any], cfg: SweepConfig) -> list[str]:
         'model.preset="tiny"', *(f"model.{k}={v}" for k, v in shape.items()),
         f"data.train={json.dumps(cfg.data)}",
         f"train.steps={plan['steps']}", f"train.seq_len={cfg.seq_len}",
-        f"train.batch_size={plan['batch_tokens'] // cfg.seq_len}", "train.batch_ramp=[]", "train.seq_len_stages=[]",
+        f"train.batch_size={plan['batch_tokens'] // cfg.seq_len}", "train.batch_ramp=[]", "train.seq_len_schedule=[]",
         "train.anneal_steps=0",
         f"optim.lr={plan['lr']}", f"optim.warmup_steps={plan['warmup_steps']}", 'optim.schedule="cosine"',
         "optim.min_lr_ratio=0.1",
@@ -150,8 +151,8 @@ def evaluate_tasks(run_dir: str, tasks: list[str], out: Path) -> dict[str, float
 
 def run_point(plan: dict[str, Any], cfg: SweepConfig, vocab_size: int, log: Callable[[str], None]) -> dict[str, Any]:
     started = time.perf_counter()
-    recipe, raw = load_recipe(cfg.recipe, point_overrides(plan, cfg))
-    summary = pretrain(recipe, raw, log=log)
+    raw = load_recipe(cfg.recipe, point_overrides(plan, cfg))
+    summary = pretrain(parse_recipe(raw), raw, log=log)
     if summary["steps"] != plan["steps"]:
         raise PastureError(f"point {plan['run_dir']} stopped at step {summary['steps']} of {plan['steps']}")
     config = shape_config(plan["width"], vocab_size)
