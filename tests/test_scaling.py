@@ -65,6 +65,10 @@ def test_isoflop_minimum_is_the_parabola_vertex():
     m = isoflop_minimum([Point(6e18, 6e18 / (6 * math.exp(xi)), math.exp(xi), li) for xi, li in zip(x, losses)])
     assert m["tokens"] == pytest.approx(3e9, rel=1e-6) and m["loss"] == pytest.approx(2.0, abs=1e-9)
     assert m["params"] == pytest.approx(6e18 / (6 * 3e9), rel=1e-6)
+    assert m["inside_sampled_range"]
+    below = np.log([1e8, 2e8, 4e8])  # every size on one side of the optimum
+    shifted = isoflop_minimum([Point(6e18, 1.0, math.exp(xi), 0.5 * (xi - math.log(3e9)) ** 2 + 2.0) for xi in below])
+    assert shifted["tokens"] == pytest.approx(3e9, rel=1e-6) and not shifted["inside_sampled_range"]
     # a budget whose loss falls steadily has no interior minimum and is left out
     assert isoflop_minimum([Point(1, 1, d, 5 - d) for d in (1.0, 2.0, 3.0)]) is None
 

@@ -73,9 +73,11 @@ def isoflop_minimum(points: list[Point]) -> dict[str, float] | None:
     flops = points[0].flops
     tokens = math.exp(x_opt)
     # N = C / (6 D): the budget's own convention, whatever the points' exact token counts were
+    # a vertex outside the sampled sizes is an extrapolation: the budget needs sizes on its other side
+    inside = bool(x.min() <= x_opt <= x.max())
     return {"flops": flops, "tokens": tokens, "params": flops / (6 * tokens),
             "loss": float(c0 - c1 * c1 / (4 * c2)), "curvature": float(c2),
-            "parabola": [float(c2), float(c1), float(c0)]}
+            "parabola": [float(c2), float(c1), float(c0)], "inside_sampled_range": inside}
 
 
 def fit_power_law(x: Iterable[float], y: Iterable[float]) -> tuple[float, float]:
