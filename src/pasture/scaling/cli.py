@@ -100,8 +100,11 @@ def _fit(args: argparse.Namespace) -> int:
     stem = args.out.with_suffix("")
     plots = [plot_isoflops(points, Path(f"{stem}-isoflops.png")), plot_optimal_tokens(fit, Path(f"{stem}-tokens.png"))]
     a2, a3 = fit["approach2"], fit["approach3"]
-    print(f"approach 2: D*(C) = {a2['A_tokens']:.4g} C^{a2['alpha_tokens']:.4f}, "
-          f"N*(C) = {a2['A_params']:.4g} C^{a2['alpha_params']:.4f}")
+    if "error" in a2:
+        print(f"approach 2: not fitted ({a2['error']})")
+    else:
+        print(f"approach 2: D*(C) = {a2['A_tokens']:.4g} C^{a2['alpha_tokens']:.4f}, "
+              f"N*(C) = {a2['A_params']:.4g} C^{a2['alpha_params']:.4f}")
     print(f"approach 3: L(N, D) = {a3['E']:.4f} + {a3['A']:.4g}/N^{a3['a']:.4f} + {a3['B']:.4g}/D^{a3['b']:.4f}")
     print(f"wrote {args.out}, {plots[0]}, {plots[1]}")
     return 0

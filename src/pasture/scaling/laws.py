@@ -187,7 +187,10 @@ def _spread(samples: list[float]) -> dict[str, Any]:
 def fit_all(points: list[Point], bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
     """Both approaches, each with bootstrap uncertainties (`uncertainty`: std and 80%
     interval of each constant over refits on points resampled within each budget)."""
-    result2 = approach2(points)
+    try:
+        result2 = approach2(points)
+    except PastureError as e:  # approach 3 still fits; say why approach 2 could not
+        result2 = {"error": str(e), "optimal": [m for g in by_budget(points).values() if (m := isoflop_minimum(g))]}
     theta = _fit_approach3(points, APPROACH3_STARTS)
     result3 = _approach3_constants(theta)
     rng = np.random.default_rng(seed)
@@ -195,18 +198,20 @@ def fit_all(points: list[Point], bootstrap: int = 200, seed: int = 0) -> dict[st
     draws3: dict[str, list[float]] = defaultdict(list)
     for _ in range(bootstrap):
         sample = _resample(points, rng)
-        try:
-            refit = approach2(sample)
-        except PastureError:  # a resample with too few distinct sizes in a budget has no parabola
-            pass
-        else:
+        if "error" not in result2:
+            try:
+                refit = approach2(sample)
+            except PastureError:  # a resample with too few distinct sizes in a budget has no parabola
+                refit = {}
             for key in ("alpha_tokens", "A_tokens", "alpha_params", "A_params"):
-                draws2[key].append(refit[key])
+                if key in refit:
+                    draws2[key].append(refit[key])
         # from the full fit's optimum and a few grid starts: a resample rarely moves far
         for key, value in _approach3_constants(_fit_approach3(sample, [tuple(theta), *APPROACH3_STARTS[::61]])).items():
             draws3[key].append(value)
-    if bootstrap >= 2:
+    if bootstrap >= 2 and "error" not in result2:
         result2["uncertainty"] = {k: _spread(v) for k, v in draws2.items() if len(v) >= 2}
+    if bootstrap >= 2:
         result3["uncertainty"] = {k: _spread(v) for k, v in draws3.items()}
     return {"approach2": result2, "approach3": result3, "points": len(points), "budgets": len(by_budget(points)),
             "bootstrap": bootstrap}
@@ -218,11 +223,14 @@ def fit_all(points: list[Point], bootstrap: int = 200, seed: int = 0) -> dict[st
 def compute_optimal(fit: dict[str, Any], flops: float) -> dict[str, Any]:
     """The compute-optimal tokens, parameters and loss at `flops` from a fit file's laws."""
     a2, a3 = fit["approach2"], fit["approach3"]
-    tokens = a2["A_tokens"] * flops ** a2["alpha_tokens"]
-    params = a2["A_params"] * flops ** a2["alpha_params"]
-    return {"flops": flops,
-            "approach2": {"tokens": tokens, "params": params, "loss": predicted_loss(a3, params, tokens)},
-            "approach3": approach3_optimum(a3, flops)}
+    result: dict[str, Any] = {"flops": flops, "approach3": approach3_optimum(a3, flops)}
+    if "error" in a2:
+        result["approach2"] = {"error": a2["error"]}
+    else:
+        tokens = a2["A_tokens"] * flops ** a2["alpha_tokens"]
+        params = a2["A_params"] * flops ** a2["alpha_params"]
+        result["approach2"] = {"tokens": tokens, "params": params, "loss": predicted_loss(a3, params, tokens)}
+    return result
 
 
 def fit_linear_in_log_compute(flops: Iterable[float], values: Iterable[float]) -> tuple[float, float]:

@@ -44,15 +44,15 @@ def plot_isoflops(points: list[Point], path: Path, highlight: dict[str, float] |
 
 def plot_optimal_tokens(fit: dict[str, Any], path: Path) -> Path:
     """Figure 3: compute-optimal tokens per budget and the fitted D*(C) = A·C^alpha."""
-    a2 = fit["approach2"]
+    a2, a3 = fit["approach2"], fit["approach3"]
     optimal = a2["optimal"]
-    flops = np.array([m["flops"] for m in optimal])
+    flops = np.array([m["flops"] for m in optimal] or [1.0])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter(flops, [m["tokens"] for m in optimal], color="black", label="IsoFLOP minima")
+    ax.scatter([m["flops"] for m in optimal], [m["tokens"] for m in optimal], color="black", label="IsoFLOP minima")
     line = np.geomspace(flops.min() / 3, flops.max() * 3, 50)
-    ax.plot(line, a2["A_tokens"] * line ** a2["alpha_tokens"], color="tab:blue",
-            label=f"approach 2: D = {a2['A_tokens']:.3g} C^{a2['alpha_tokens']:.3f}")
-    a3 = fit["approach3"]
+    if "A_tokens" in a2:
+        ax.plot(line, a2["A_tokens"] * line ** a2["alpha_tokens"], color="tab:blue",
+                label=f"approach 2: D = {a2['A_tokens']:.3g} C^{a2['alpha_tokens']:.3f}")
     ratio = a3["a"] / (a3["a"] + a3["b"])
     ax.plot(line, [approach3_optimum(a3, c)["tokens"] for c in line], color="tab:orange", ls="--",
             label=f"approach 3: D ~ C^{ratio:.3f}")
