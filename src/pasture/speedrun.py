@@ -215,8 +215,8 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     import torch
 
     from pasture.baselines import compressor_baselines
-    from pasture.model import load
     from pasture.model.info import num_matmul_params
+    from pasture.runs import describe, load
     from pasture.train.loader import ValidationLoader
     from pasture.runtime import resolve_device
     from pasture.train.recipe import parse_recipe
@@ -232,6 +232,7 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     metrics.update(unigram_bits_per_byte(cfg.run_dir / "tokens"))
     metrics["bpb_vs_unigram"] = metrics["val_bpb"] / metrics["unigram_bpb"]
     metrics["beats_unigram"] = metrics["val_bpb"] < metrics["unigram_bpb"]
+    metrics["weights"] = describe(cfg.run_dir / "train")
     compressors = compressor_baselines(cfg.run_dir / "tokens", cfg.run_dir / "tokenizer" / "tokenizer.model")
     metrics["baselines"] = {"unigram_bpb": metrics["unigram_bpb"],
                             **{k: compressors[k] for k in ("xz_bpb", "zstd_bpb", "zstd_dict_bpb")}}
@@ -242,7 +243,7 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
 
 
 def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    from pasture.model import load
+    from pasture.runs import describe, load
     from pasture.tokenizer import Tokenizer
     from pasture.train.generate import SamplingParams, generate
     from pasture.runtime import resolve_device
@@ -257,7 +258,7 @@ def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
         ids = generate(model, tokenizer.encode(prompt, bos=True), params, set(tokenizer.stop_tokens))
         samples.append({"prompt": prompt, "completion": tokenizer.decode(ids), "temperature": params.temperature,
                         "top_p": params.top_p, "tokens": len(ids)})
-    return {"samples": samples}
+    return {"samples": samples, "weights": describe(cfg.run_dir / "train")}
 
 
 # ---------------------------------------------------------------- the job

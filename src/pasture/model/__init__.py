@@ -6,8 +6,12 @@
     model, config = pasture.model.load("path/to/hf_or_meta_or_pasture_folder")
     logits = model(tokens)                                       # [batch, seq, vocab]
 
-Training runs and checkpoints are a training format: `pasture.runs.load(RUN)` opens them
-(and everything `load` opens).
+    model, config = pasture.model.load("runs/tiny")              # a finished run's final model
+
+A finished training run (pre- or post-training) holds its final model, the average of
+its annealing checkpoints when it kept them, as a pasture model folder in `RUN/model/`;
+`load(RUN)` opens that. Checkpoints (and runs still training) are a training format:
+`pasture.runs.load` opens them too.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ __all__ = [
 # what `pasture.train.checkpoint` writes (docs/formats.md): recognised here only to point to pasture.runs
 TRAINING_CHECKPOINTS = "checkpoints"
 TRAINING_FORMAT = "pasture-checkpoint"
+FINAL_MODEL_DIR = "model"  # a finished run's final model, a pasture model folder
 
 
 def build(config: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -56,12 +61,18 @@ def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: 
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
-    """Weights (pasture names) and config of a pasture / Hugging Face / Meta model folder."""
+    """Weights (pasture names) and config of a pasture / Hugging Face / Meta model folder, or
+    of a finished run's final model."""
     folder = Path(path)
     if not folder.exists():
         raise CheckpointError(f"{str(path)!r} is neither a preset ({', '.join(PRESETS)}) nor an existing model folder")
-    if (folder / TRAINING_CHECKPOINTS).is_dir() or _format_of(folder) == TRAINING_FORMAT:
-        raise CheckpointError(f"{folder} is a training run or checkpoint folder: open it with pasture.runs.load")
+    if (folder / FINAL_MODEL_DIR / "config.json").is_file():
+        folder = folder / FINAL_MODEL_DIR
+    elif (folder / TRAINING_CHECKPOINTS).is_dir():
+        raise CheckpointError(f"run {folder} has no final model yet ({FINAL_MODEL_DIR}/ is written when training "
+                              "finishes); open its newest checkpoint with pasture.runs.load")
+    elif _format_of(folder) == TRAINING_FORMAT:
+        raise CheckpointError(f"{folder} is a training checkpoint folder: open it with pasture.runs.load")
     state, config, _ = read_checkpoint(folder)
     return state, config
 
