@@ -31,15 +31,8 @@ def plot_isoflops(points: list[Point], path: Path, highlight: dict[str, float] |
     if highlight:
         ax.scatter([highlight["tokens"]], [highlight["loss"]], marker="*", s=250, color="crimson", edgecolor="black",
                    zorder=4, label=highlight.get("label", "this run"))
-    ax.set_xscale("log")
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("held-out loss (nats/token)")
-    ax.set_title("IsoFLOP curves (diamonds: parabola minima)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "training tokens", "held-out loss (nats/token)",
+                 "IsoFLOP curves (diamonds: parabola minima)")
 
 
 def plot_optimal_tokens(fit: dict[str, Any], path: Path) -> Path:
@@ -56,11 +49,17 @@ def plot_optimal_tokens(fit: dict[str, Any], path: Path) -> Path:
     ratio = a3["a"] / (a3["a"] + a3["b"])
     ax.plot(line, [approach3_optimum(a3, c)["tokens"] for c in line], color="tab:orange", ls="--",
             label=f"approach 3: D ~ C^{ratio:.3f}")
-    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("compute (FLOPs)")
-    ax.set_ylabel("compute-optimal training tokens")
-    ax.set_title("Scaling law for compute-optimal tokens")
+    return _save(fig, ax, path, "compute (FLOPs)", "compute-optimal training tokens",
+                 "Scaling law for compute-optimal tokens")
+
+
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Log x axis, labels, legend; write the PNG and free the figure."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
