@@ -39,7 +39,7 @@ def main() -> None:
 
     from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
 
-    from pasture.data.documents import Document, write_documents
+    from pasture.documents import Document, write_documents
     from pasture.tokenizer import Tokenizer
     from pasture.train.tokenize import tokenize_documents
 

@@ -117,7 +117,8 @@ def train_reward_model(run_dir: Path, steps: int, init_from: str, resume: str = 
     runner = build_runner(RunnerSpec(config, parallel, layout, device, init_from=init_from,
                                      micro_batch_size=micro_batch_size), wrap_model=task.wrap_model)
     loop = LoopConfig(Path(run_dir), steps, OptimConfig(lr=1e-2, warmup_steps=1, weight_decay=0.0), resume=resume,
-                      checkpoint_every=3, keep_last=5, progress=False, tensorboard=False, name="reward")
+                      checkpoint_every=3, keep_last=5, progress=False, tensorboard=False, name="reward",
+                      final_model=False)  # RUN/model/ holds a plain Transformer; a reward model exports its own
     return train(task, runner, loop, config, {"task": "reward"}, log=lambda *_: None)
 
 

@@ -6,10 +6,10 @@
 from pathlib import Path
 
 import pytest
-
 from curate_corpus import recipe, write_warc
+
 from pasture.data.curate import run_curation
-from pasture.data.documents import iter_documents
+from pasture.documents import iter_documents
 
 DOCS = Path("/usr/share/doc/python3-doc/html")
 pytestmark = pytest.mark.skipif(not (DOCS / "library").is_dir(), reason="python3-doc is not installed")

@@ -3,9 +3,10 @@
 import shutil
 
 from curate_corpus import recipe, stdlib_texts, write_jsonl
+
 from pasture.data.curate import run_curation
-from pasture.data.documents import iter_documents
 from pasture.data.minhash import shingles
+from pasture.documents import iter_documents
 
 FRENCH = [
     "Le petit village se trouve au pied de la montagne, entouré de champs de blé et de vignes. Chaque matin, les "

@@ -3,12 +3,12 @@
 import json
 
 import pytest
-
 from curate_corpus import page, recipe, stdlib_texts, write_jsonl, write_warc
+
 from pasture.cli import main
 from pasture.data.curate import run_curation
-from pasture.data.documents import Document, iter_documents
 from pasture.data.extract import Extractor
+from pasture.documents import Document, iter_documents
 from pasture.errors import PastureError
 
 

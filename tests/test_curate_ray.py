@@ -1,8 +1,9 @@
 """The Ray engine runs the same recipe to the same output as local processes."""
 
 from curate_corpus import page, recipe, stdlib_texts, write_jsonl, write_warc
+
 from pasture.data.curate import run_curation
-from pasture.data.documents import iter_documents
+from pasture.documents import iter_documents
 
 
 def test_ray_engine_matches_local_engine(tmp_path):

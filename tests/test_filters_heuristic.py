@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from pasture.data.documents import Document
 from pasture.data.filters import STAGES, FilterError, HeuristicFilter
 from pasture.data.filters.base import TextFeatures
+from pasture.documents import Document
 
 PROSE = (
     "The history of the city goes back to the Roman period, when a small fort was built on the hill above the river. "

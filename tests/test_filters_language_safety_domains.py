@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from pasture.data.documents import Document
 from pasture.data.filters import DomainTagger, FilterError, LanguageFilter, SafetyFilter
 from pasture.data.filters.language import bundled_model_path
 from pasture.data.filters.safety import mask_pii
+from pasture.documents import Document
 
 SENTENCES = {
     "en": "The weather was cold this morning, so we stayed at home and read books by the fire.",

@@ -6,15 +6,19 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-import numpy as np
-
-from pasture.data.documents import Document, write_documents
+from pasture.data.cli import train_quality_command
 from pasture.data.filters import QualityFilter
 from pasture.data.filters.base import TextFeatures
-from pasture.data.filters.quality import (ClassifierError, TextClassifier, train_quality_cli, train_quality_classifier,
-                                          train_text_classifier)
+from pasture.data.filters.quality import (
+    ClassifierError,
+    TextClassifier,
+    train_quality_classifier,
+    train_text_classifier,
+)
+from pasture.documents import Document, write_documents
 from pasture.errors import PastureError
 
 MODULES = ["json", "os", "pathlib", "collections", "itertools", "functools", "re", "textwrap", "argparse", "logging",
@@ -67,7 +71,7 @@ def test_cli_trains_a_classifier_with_high_held_out_accuracy(corpus, capsys):
     root, positives, negatives = corpus
     assert len(positives) == 250
     out = root / "model"
-    code = train_quality_cli(["--positive", str(root / "pos.jsonl"), "--negative", str(root / "neg.jsonl"), "--out", str(out),
+    code = train_quality_command(["--positive", str(root / "pos.jsonl"), "--negative", str(root / "neg.jsonl"), "--out", str(out),
                               "--epochs", "4", "--buckets", "65536", "--valid-fraction", "0.2"])
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -122,14 +126,14 @@ def test_early_stopping_keeps_the_best_held_out_epoch_on_noisy_labels(corpus):
 def test_bad_inputs_raise_clear_pasture_errors(corpus, tmp_path: Path):
     root, _, _ = corpus
     with pytest.raises(ClassifierError, match="give --positive and --negative documents"):
-        train_quality_cli(["--positive", str(root / "pos.jsonl"), "--out", str(tmp_path / "m")])
+        train_quality_command(["--positive", str(root / "pos.jsonl"), "--out", str(tmp_path / "m")])
     with pytest.raises(PastureError, match="does not exist"):
-        train_quality_cli(["--positive", str(tmp_path / "nope.jsonl"), "--negative", str(root / "neg.jsonl"), "--out", str(tmp_path / "m")])
+        train_quality_command(["--positive", str(tmp_path / "nope.jsonl"), "--negative", str(root / "neg.jsonl"), "--out", str(tmp_path / "m")])
     write_documents(tmp_path / "one.jsonl", [Document("x", "only one document")])
     with pytest.raises(ClassifierError, match="label 'negative' has 1 non-empty document"):
-        train_quality_cli(["--positive", str(root / "pos.jsonl"), "--negative", str(tmp_path / "one.jsonl"), "--out", str(tmp_path / "m")])
+        train_quality_command(["--positive", str(root / "pos.jsonl"), "--negative", str(tmp_path / "one.jsonl"), "--out", str(tmp_path / "m")])
     with pytest.raises(ClassifierError, match="patience must be >= 0"):
-        train_quality_cli(["--positive", str(root / "pos.jsonl"), "--negative", str(root / "neg.jsonl"),
+        train_quality_command(["--positive", str(root / "pos.jsonl"), "--negative", str(root / "neg.jsonl"),
                            "--out", str(tmp_path / "m"), "--patience", "-1"])
     with pytest.raises(ClassifierError, match="not a classifier directory"):
         QualityFilter(model=str(tmp_path))

@@ -1,16 +1,18 @@
 """Quality labels from a pasture model as teacher: a model trained on prose finds prose predictable."""
 
 import numpy as np
-
 from test_filters_quality import low_quality_pages, stdlib_docstrings
 
-from pasture.data.documents import Document, write_documents
-from pasture.data.filters.quality import TextClassifier, train_quality_cli
+from pasture.cli import main
+from pasture.data.filters.quality import TextClassifier
 from pasture.data.filters.teacher import label_by_teacher
-from pasture.tokenizer import train_tokenizer
+from pasture.documents import Document, write_documents
+from pasture.tokenizer import Tokenizer, train_tokenizer
+from pasture import runs
 from pasture.train.pretrain import pretrain
 from pasture.train.recipe import load_recipe, parse_recipe
 from pasture.train.tokenize import tokenize_documents
+from pasture.train.validation import text_losses
 
 
 def test_teacher_labels_prose_high_and_salad_low(tmp_path):
@@ -29,14 +31,16 @@ def test_teacher_labels_prose_high_and_salad_low(tmp_path):
         "log.progress=false", "log.tensorboard=false", "data.lanes=4"])
     pretrain(parse_recipe(raw), raw, log=lambda *_: None)
 
-    positive, negative, stats = label_by_teacher(tmp_path / "mixed.jsonl", tmp_path / "teacher",
-                                                 tmp_path / "teacher" / "tokenizer.model", fraction=0.3)
+    teacher, _ = runs.load(tmp_path / "teacher")
+    tokenizer = Tokenizer.load(tmp_path / "teacher" / "tokenizer.model")
+    positive, negative, stats = label_by_teacher(tmp_path / "mixed.jsonl", lambda texts: text_losses(teacher, tokenizer, texts),
+                                                 fraction=0.3)
     prose_words = {" ".join(t.lower().split()) for t in prose}
     is_prose = lambda words: " ".join(words) in prose_words or len(set(words)) > 0.5 * len(words)  # noqa: E731
     assert stats["per_label"] == 36 and len(positive) == len(negative) == 36
     assert np.mean([is_prose(w) for w in positive]) > np.mean([is_prose(w) for w in negative])
     assert stats["positive_max_loss"] <= stats["negative_min_loss"]
 
-    assert train_quality_cli(["--teacher", str(tmp_path / "teacher"), "--unlabeled", str(tmp_path / "mixed.jsonl"),
-                              "--out", str(tmp_path / "clf"), "--epochs", "3", "--buckets", "4096"]) == 0
+    assert main(["curate", "train-quality", "--teacher", str(tmp_path / "teacher"), "--unlabeled",
+                 str(tmp_path / "mixed.jsonl"), "--out", str(tmp_path / "clf"), "--epochs", "3", "--buckets", "4096"]) == 0
     assert TextClassifier.load(tmp_path / "clf").metrics["teacher"]["per_label"] == 36

@@ -18,10 +18,10 @@ from token_data import write_progressions  # noqa: E402
 from torchao.float8.float8_linear import Float8Linear  # noqa: E402
 
 from pasture import model as pm  # noqa: E402
-from pasture import runs  # noqa: E402
 from pasture.cli import main  # noqa: E402
 from pasture.model.config import preset  # noqa: E402
 from pasture.train import checkpoint as ckpt  # noqa: E402
+from pasture import runs  # noqa: E402
 from pasture.train.float8 import apply_float8  # noqa: E402
 from pasture.train.validation import evaluate  # noqa: E402
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pasture.data.documents import Document, iter_documents, write_documents
 from pasture.data.mix import LLAMA3_PROPORTIONS, MixError, write_mix
+from pasture.documents import Document, iter_documents, write_documents
 
 COUNTS = {"general": 300, "math": 120, "code": 150, "multilingual": 80}
 

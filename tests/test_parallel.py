@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 import pytest
-from token_data import write_progressions
 import torch
+from token_data import write_progressions
 
 from pasture.cli import main
 from pasture.model import build, save
@@ -23,8 +23,8 @@ from pasture.model.llama import Transformer
 from pasture.train import checkpoint as ckpt
 from pasture.train import parallel as par
 from pasture.train import pretrain as pt
-from pasture.train.recipe import build_model_config, check_batch_shapes, load_recipe, parse_recipe
 from pasture.train.metrics import read_metrics
+from pasture.train.recipe import build_model_config, check_batch_shapes, load_recipe, parse_recipe
 
 VOCAB = 256
 MODEL = ["model.dim=64", "model.n_layers=4", "model.n_heads=4", "model.n_kv_heads=2", "model.multiple_of=32",
@@ -236,7 +236,7 @@ def test_pipeline_stages_chained_run_the_models_own_forward():
                                          vocab_size=VOCAB, tie_embeddings=False), seed=3)
     tokens = torch.randint(0, VOCAB, (2, 24))
     document_ids = torch.tensor([[0] * 10 + [1] * 14, [0] * 24])
-    ranges = par.stage_layer_ids(5, 3)
+    ranges = par.pipeline_stage_layers(5, 3)
     stages = [par.PipelineStageModule(model, r, first=i == 0, last=i == 2) for i, r in enumerate(ranges)]
     assert all(isinstance(s, Transformer) for s in stages)  # the model's forward, not a second one
     assert [list(s.layers._modules) for s in stages] == [[str(i) for i in r] for r in ranges]
@@ -254,10 +254,10 @@ def test_layout_arithmetic_and_coordinates():
     assert [small.coordinates(r)["tp"] for r in range(8)] == [0, 1] * 4
     assert [small.coordinates(r)["dp"] for r in range(8)] == [0, 0, 1, 1] * 2
     assert [small.coordinates(r)["pp"] for r in range(8)] == [0] * 4 + [1] * 4
-    assert par.stage_layer_ids(126, 16)[0] == range(0, 7)  # 405B: one block fewer on the first stage
-    assert par.stage_layer_ids(126, 16)[-1] == range(119, 126)  # ... and on the last
-    assert all(len(r) == 8 for r in par.stage_layer_ids(126, 16)[1:-1])
-    assert par.stage_layer_ids(4, 2) == [range(0, 2), range(2, 4)]
+    assert par.pipeline_stage_layers(126, 16)[0] == range(0, 7)  # 405B: one block fewer on the first stage
+    assert par.pipeline_stage_layers(126, 16)[-1] == range(119, 126)  # ... and on the last
+    assert all(len(r) == 8 for r in par.pipeline_stage_layers(126, 16)[1:-1])
+    assert par.pipeline_stage_layers(4, 2) == [range(0, 2), range(2, 4)]
 
 
 @pytest.mark.parametrize("overrides, world, message", [

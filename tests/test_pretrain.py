@@ -9,18 +9,18 @@ import time
 
 import numpy as np
 import pytest
-from token_data import write_progressions
 import torch
+from token_data import write_progressions
 
+from pasture import runs
 from pasture.cli import main
 from pasture.errors import PastureError
 from pasture.train import checkpoint as ckpt
-from pasture.train import pretrain as pt
-from pasture import runs
 from pasture.train import loop, runner
+from pasture.train import pretrain as pt
+from pasture.train.metrics import read_metrics
 from pasture.train.recipe import load_recipe, parse_recipe
 from pasture.train.validation import evaluate
-from pasture.train.metrics import read_metrics
 
 VOCAB = 300
 SMALL_MODEL = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.multiple_of=32"]

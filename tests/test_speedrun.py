@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pasture.cli import main
-from pasture.data.documents import Document, iter_documents, write_documents
 from pasture.data.gather import Root, gather, man_to_text
+from pasture.documents import Document, iter_documents, write_documents
 from pasture.speedrun import unigram_bits_per_byte
 from pasture.train.shards import SplitWriter, write_index
 

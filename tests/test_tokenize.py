@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pasture.cli import main
-from pasture.data.documents import DocumentError, write_documents
+from pasture.documents import DocumentError, write_documents
 from pasture.tokenizer import Tokenizer
 from pasture.train.shards import INDEX_FILE, TokenDataset, TokenDatasetError
 from pasture.train.tokenize import TokenizeError, is_held_out, tokenize_documents

@@ -93,9 +93,10 @@ def test_stats_report_compression(trained):
 
 def test_segmentation_equals_hf_tokenizer(corpus, tmp_path):
     """Train once through pasture and once with plain `tokenizers`; the token bytes must agree."""
-    from tokenizers import Regex, Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Regex, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
 
-    from pasture.data.documents import iter_documents
+    from pasture.documents import iter_documents
     from pasture.tokenizer import LLAMA3_PATTERN
 
     train_tokenizer(corpus, 800, tmp_path, holdout_fraction=0, show_progress=False)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from seam_task import CONFIG, RewardModel, train_reward_model
 from test_parallel import free_port
 

@@ -1,8 +1,8 @@
-"""`pasture <command> ...`: parses arguments and calls one stage function.
+"""`pasture <command> ...`: the one table of commands.
 
-Each command lives in its stage's `cli` module, which defines `register(subparsers)`.
-Those modules import torch and other heavy libraries only inside their handlers,
-so `pasture --help` stays fast.
+Each stage package owns its CLI module, which defines `register(subparsers)` for its
+commands. `pasture --help` lists this table without importing those modules (they load
+torch); a command's module is imported only when that command runs.
 """
 
 from __future__ import annotations
@@ -14,20 +14,25 @@ import sys
 from pasture import __version__
 from pasture.errors import PastureError
 
-# command modules, in the order `--help` lists them
-COMMAND_MODULES = [
-    "pasture.speedrun_cli",
-    "pasture.data.cli",
-    "pasture.tokenizer.cli",
-    "pasture.train.cli",
-    "pasture.train.pretrain_cli",
-    "pasture.train.parallel_cli",
-    "pasture.model_cli",
-    "pasture.scaling.cli",
-]
+# command: (its package's CLI module, one line for `pasture --help`), in the order --help lists them
+COMMANDS: dict[str, tuple[str, str]] = {
+    "speedrun": ("pasture.speedrun_cli", "the whole pipeline end to end: gather, curate, tokenizer, tokenize, "
+                 "pre-train, evaluate, sample, report"),
+    "report": ("pasture.report.cli", "write the report card of a speedrun or pre-training run folder"),
+    "curate": ("pasture.data.cli", "curate web data: extract, de-duplicate (URL, MinHash, line), filter, mix"),
+    "tokenizer": ("pasture.tokenizer.cli", "train a BPE tokenizer; encode, decode and measure text"),
+    "tokenize": ("pasture.train.cli", "turn documents into token shards for pre-training"),
+    "pretrain": ("pasture.train.cli", "pre-train a Llama model from a TOML recipe"),
+    "generate": ("pasture.train.cli", "sample text from a checkpoint"),
+    "plan": ("pasture.train.cli", "check that a pre-training recipe's parallel layout fits before launching it"),
+    "model": ("pasture.model.cli", "inspect model presets and checkpoints"),
+    "convert": ("pasture.model.cli", "convert checkpoints between pasture, Hugging Face and Meta layouts"),
+    "scaling": ("pasture.scaling.cli", "scaling laws: IsoFLOP sweeps, Chinchilla fits (approaches 2 and 3), forecasts"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with `command`'s module registered and every other command listed by name."""
     parser = argparse.ArgumentParser(
         prog="pasture",
         description="Grow Llama-family language models end to end: curate web data, train a "
@@ -35,13 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pasture {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    if command in COMMANDS:
+        # imported here, not at the top: only the command that runs loads its module (and torch)
+        importlib.import_module(COMMANDS[command][0]).register(sub)
+    for name, (_, line) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=line)
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    """The command word of `argv` (its first argument that is not an option)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

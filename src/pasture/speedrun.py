@@ -19,8 +19,30 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
+from pasture import runs
+from pasture.baselines import compressor_baselines
+from pasture.data import recipe as curation
+from pasture.data.curate import run_curation
+from pasture.data.gather import default_roots, gather
+from pasture.data.sources import input_files
 from pasture.errors import PastureError
+from pasture.model.info import num_matmul_params
+from pasture.report.card import environment, write_report
+from pasture.runtime import resolve_device
+from pasture.scaling.laws import approach3, approach3_optimum, predicted_loss, read_points
+from pasture.scaling.plots import plot_isoflops
+from pasture.scaling.sweep import read_points_file
+from pasture.tokenizer import Tokenizer, train_tokenizer
+from pasture.train.generate import SamplingParams, generate
+from pasture.train.loader import ValidationLoader
+from pasture.train.metrics import read_metrics
+from pasture.train.pretrain import pretrain
+from pasture.train.recipe import load_recipe, parse_recipe
+from pasture.train.shards import TokenDataset
+from pasture.train.tokenize import tokenize_documents
+from pasture.train.validation import evaluate
 
 RUN_LAYOUT = {
     "sources/": "gathered documents (documents-NNNNN.jsonl.zst shards)",
@@ -101,12 +123,8 @@ class Stages:
 
 
 def gather_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    from pasture.data.gather import default_roots, gather
-
     out = cfg.run_dir / "sources"
     if cfg.sources:
-        from pasture.data.sources import input_files
-
         files = input_files(cfg.sources)  # missing or unreadable sources fail here, before any later stage
         return {"inputs": list(cfg.sources), "files": [{"path": str(f), "bytes": f.stat().st_size} for f in files],
                 "bytes": sum(f.stat().st_size for f in files)}
@@ -121,9 +139,7 @@ def gather_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
 
 def curation_recipe(cfg: SpeedrunConfig, inputs: list[str]) -> dict[str, Any]:
     """The shipped web recipe, set for a corpus of source code and documentation."""
-    from pasture.data.recipe import load_recipe
-
-    recipe = load_recipe("web")
+    recipe = curation.load_recipe("web")
     recipe["input"]["paths"] = inputs
     recipe["output"]["dir"] = str(cfg.run_dir / "curated")
     recipe["output"]["format"] = "jsonl.zst"
@@ -145,8 +161,6 @@ def curation_recipe(cfg: SpeedrunConfig, inputs: list[str]) -> dict[str, Any]:
 def curate_stage(cfg: SpeedrunConfig, gathered: dict[str, Any]) -> dict[str, Any]:
     if not cfg.curate:
         return {"skipped": True, "outputs": gathered["inputs"], "note": "curation switched off (--no-curate)"}
-    from pasture.data.curate import run_curation
-
     stats = run_curation(curation_recipe(cfg, gathered["inputs"]))
     return {**stats, "outputs": [str(cfg.run_dir / "curated" / "data")],
             "note": "Llama 3 pipeline: URL de-duplication, MinHash, line de-duplication, heuristic filters "
@@ -154,24 +168,17 @@ def curate_stage(cfg: SpeedrunConfig, gathered: dict[str, Any]) -> dict[str, Any
 
 
 def tokenizer_stage(cfg: SpeedrunConfig, docs: list[str]) -> dict[str, Any]:
-    from pasture.tokenizer import train_tokenizer
-
     stats = train_tokenizer(docs, cfg.vocab_size, cfg.run_dir / "tokenizer", show_progress=cfg.progress)
     return {**stats, "path": str(cfg.run_dir / "tokenizer" / "tokenizer.model")}
 
 
 def tokenize_stage(cfg: SpeedrunConfig, docs: list[str], tokenizer_path: str) -> dict[str, Any]:
-    from pasture.train.tokenize import tokenize_documents
-
     # overwrite: a dataset left by an interrupted attempt of this stage is never a finished one
     return tokenize_documents(docs, tokenizer_path, cfg.run_dir / "tokens", val_fraction=cfg.val_fraction,
                               progress=cfg.progress, overwrite=True)
 
 
 def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    from pasture.train.pretrain import pretrain
-    from pasture.train.recipe import load_recipe, parse_recipe
-
     recipe_name = PRESET_RECIPES.get(cfg.preset)
     if recipe_name is None:
         raise PastureError(f"--preset {cfg.preset!r}: choose one of {', '.join(PRESET_RECIPES)}")
@@ -195,8 +202,6 @@ def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
 def unigram_bits_per_byte(tokens_dir: Path) -> dict[str, float]:
     """The baseline the model must beat: a unigram model of the training tokens (add-one
     smoothed), scored on exactly the validation targets the model is scored on."""
-    from pasture.train.shards import TokenDataset
-
     train = TokenDataset(tokens_dir, "train")
     val = TokenDataset(tokens_dir, "val")
     counts = np.zeros(train.vocab_size, dtype=np.float64)
@@ -212,19 +217,8 @@ def unigram_bits_per_byte(tokens_dir: Path) -> dict[str, float]:
 
 
 def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    import torch
-
-    from pasture.baselines import compressor_baselines
-    from pasture.model.info import num_matmul_params
-    from pasture.runs import describe, load
-    from pasture.train.loader import ValidationLoader
-    from pasture.runtime import resolve_device
-    from pasture.train.recipe import parse_recipe
-    from pasture.train.validation import evaluate
-    from pasture.train.shards import TokenDataset
-
     device = resolve_device("auto")
-    model, config = load(cfg.run_dir / "train", device=device)
+    model, config = runs.load(cfg.run_dir / "train", device=device)
     val = TokenDataset(cfg.run_dir / "tokens", "val")
     seq_len = parse_recipe(json.loads((cfg.run_dir / "train" / "recipe.json").read_text())).train.seq_len
     loader = ValidationLoader(val, batch_size=8, seq_len=seq_len)
@@ -232,7 +226,7 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     metrics.update(unigram_bits_per_byte(cfg.run_dir / "tokens"))
     metrics["bpb_vs_unigram"] = metrics["val_bpb"] / metrics["unigram_bpb"]
     metrics["beats_unigram"] = metrics["val_bpb"] < metrics["unigram_bpb"]
-    metrics["weights"] = describe(cfg.run_dir / "train")
+    metrics["weights"] = runs.describe(cfg.run_dir / "train")
     compressors = compressor_baselines(cfg.run_dir / "tokens", cfg.run_dir / "tokenizer" / "tokenizer.model")
     metrics["baselines"] = {"unigram_bpb": metrics["unigram_bpb"],
                             **{k: compressors[k] for k in ("xz_bpb", "zstd_bpb", "zstd_dict_bpb")}}
@@ -243,13 +237,8 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
 
 
 def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    from pasture.runs import describe, load
-    from pasture.tokenizer import Tokenizer
-    from pasture.train.generate import SamplingParams, generate
-    from pasture.runtime import resolve_device
-
     device = resolve_device("auto")
-    model, _ = load(cfg.run_dir / "train", device=device)
+    model, _ = runs.load(cfg.run_dir / "train", device=device)
     model.eval()
     tokenizer = Tokenizer.load(cfg.run_dir / "tokenizer" / "tokenizer.model")
     params = SamplingParams(max_tokens=48, temperature=0.6, top_p=0.9, seed=cfg.seed)  # Meta's defaults
@@ -258,7 +247,7 @@ def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
         ids = generate(model, tokenizer.encode(prompt, bos=True), params, set(tokenizer.stop_tokens))
         samples.append({"prompt": prompt, "completion": tokenizer.decode(ids), "temperature": params.temperature,
                         "top_p": params.top_p, "tokens": len(ids)})
-    return {"samples": samples, "weights": describe(cfg.run_dir / "train")}
+    return {"samples": samples, "weights": runs.describe(cfg.run_dir / "train")}
 
 
 # ---------------------------------------------------------------- the job
@@ -275,8 +264,6 @@ def _curation_summary(curated: dict[str, Any]) -> dict[str, Any]:
 
 def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage (skipping finished ones) and write the report card; returns the summary."""
-    from pasture.report.card import environment, write_report
-
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(cfg).items() if k not in ("progress", "name", "runs_dir")}
@@ -327,10 +314,6 @@ def scaling_position(tokens: int, evaluation: dict[str, Any], plot_dir: Path) ->
     """Where this run sits against the IsoFLOP sweep that chose the tiny preset (shipped
     beside its recipe): its budget, the approach-3 optimum at that budget, and a plot.
     None for an evaluation recorded before parameters were counted the sweep's way."""
-    from pasture.scaling.laws import approach3, approach3_optimum, predicted_loss, read_points
-    from pasture.scaling.plots import plot_isoflops
-    from pasture.scaling.sweep import read_points_file
-
     params = evaluation.get("matmul_params")
     if params is None:
         return None
@@ -363,8 +346,6 @@ def _tokenizer_summary(tok: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_records(train_dir: Path) -> dict[str, Any]:
-    from pasture.train.metrics import read_metrics
-
     records = read_metrics(train_dir, "train")
     if not records:
         return {}

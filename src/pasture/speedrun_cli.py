@@ -1,16 +1,16 @@
-"""`pasture speedrun` and `pasture report`."""
+"""`pasture speedrun`: every stage end to end."""
 
 from __future__ import annotations
 
 import argparse
 
 from pasture.cli_args import byte_size
+from pasture.speedrun import SpeedrunConfig, format_headline, speedrun
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "speedrun", help="the whole pipeline end to end: gather, curate, tokenizer, tokenize, pre-train, "
-        "evaluate, sample, report",
+        "speedrun",
         description="Grow a small Llama from the text already on this machine (the Python standard "
         "library, installed packages' docs, /usr/share/doc, man pages) or from --source files, and write "
         "a report card. The default tiny preset takes about 10 minutes on 2 CPU cores and ends with a "
@@ -33,17 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_speedrun)
 
-    r = sub.add_parser("report", help="write the report card of a speedrun or pre-training run folder",
-                       description="Write report.md and a self-contained report.html (loss, learning rate and "
-                       "throughput plots, final metrics) from a speedrun folder's speedrun.json or a "
-                       "pre-training run folder's metrics.jsonl.")
-    r.add_argument("run_dir")
-    r.set_defaults(func=_report)
-
 
 def _speedrun(args: argparse.Namespace) -> int:
-    from pasture.speedrun import SpeedrunConfig, format_headline, speedrun
-
     cfg = SpeedrunConfig(
         name=args.name, runs_dir=args.runs_dir, preset=args.preset, sources=args.source, max_bytes=args.max_bytes,
         vocab_size=args.vocab_size, val_fraction=args.val_fraction, seed=args.seed, curate=not args.no_curate,
@@ -53,14 +44,4 @@ def _speedrun(args: argparse.Namespace) -> int:
         cfg.prompts = args.prompt
     summary = speedrun(cfg)
     print(format_headline(summary))
-    return 0
-
-
-def _report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from pasture.report.card import rebuild
-
-    md, html = rebuild(Path(args.run_dir))
-    print(f"wrote {md} and {html}")
     return 0

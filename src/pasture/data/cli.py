@@ -1,16 +1,25 @@
 """`pasture curate RECIPE [section.key=value ...]` and `pasture curate train-quality ...`.
 
 RECIPE is a TOML file or a shipped name (`web` -> recipes/curate/web.toml). The word
-`train-quality` hands the remaining arguments to the quality-classifier trainer in
-`pasture.data.filters.quality`.
+`train-quality` trains the quality classifier of `pasture.data.filters.quality`, from
+labelled documents or from a model as teacher.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
+from pathlib import Path
 
+from pasture import runs
+from pasture.data.curate import run_curation
+from pasture.data.filters.quality import ClassifierError, train_quality_classifier, train_quality_from_teacher
+from pasture.data.recipe import load_recipe, parse_recipe
 from pasture.errors import PastureError
+from pasture.runtime import resolve_device
+from pasture.tokenizer import Tokenizer, find_tokenizer, resolve_tokenizer_path
+from pasture.train.validation import text_losses
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,16 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def curate_command(args: argparse.Namespace) -> int:
     if args.recipe == "train-quality":
-        try:
-            from pasture.data.filters.quality import train_quality_cli
-        except ModuleNotFoundError as e:
-            if not (e.name or "").startswith("pasture.data.filters"):
-                raise
-            raise PastureError("train-quality needs pasture.data.filters.quality, which is not installed") from None
-
-        return int(train_quality_cli(list(args.overrides)) or 0)
-    from pasture.data.curate import run_curation
-    from pasture.data.recipe import load_recipe, parse_recipe
+        return train_quality_command(list(args.overrides))
 
     config = parse_recipe(load_recipe(args.recipe, args.overrides))
     stats = run_curation(config)
@@ -51,4 +51,63 @@ def curate_command(args: argparse.Namespace) -> int:
                       "documents_kept": kept["docs_out"], "megabytes_kept": round(kept["bytes_out"] / 1e6, 3),
                       "seconds": round(stats["phase_seconds"]["total"], 2)}))
     print(f"stats: {config.output.dir}/stats.md")
+    return 0
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """argparse that raises a PastureError instead of exiting, so callers see one error type."""
+
+    def error(self, message: str) -> None:
+        raise ClassifierError(f"{self.prog}: {message}")
+
+
+def train_quality_command(argv: list[str]) -> int:
+    """`pasture curate train-quality (--positive DOCS --negative DOCS | --teacher CKPT --unlabeled DOCS) --out DIR`."""
+    parser = _RaisingParser(
+        prog="pasture curate train-quality",
+        description="Train the fastText-style quality classifier that the `quality` curate stage applies, "
+        "from positive and negative documents, or from unlabeled documents labelled by a pasture model as "
+        "teacher (its most and least predictable documents, as Llama 3 labelled with Llama 2).",
+    )
+    parser.add_argument("--positive", nargs="+", help="documents of the quality to keep (files, folders, globs)")
+    parser.add_argument("--negative", nargs="+", help="documents to filter out, e.g. random web pages")
+    parser.add_argument("--teacher", help="a pasture checkpoint or run folder that labels --unlabeled by perplexity")
+    parser.add_argument("--unlabeled", nargs="+", help="documents for the teacher to label")
+    parser.add_argument("--teacher-tokenizer", help="the teacher's tokenizer (default: the one in its run folder)")
+    parser.add_argument("--teacher-fraction", type=float, default=0.3,
+                        help="share of documents labelled high (lowest loss) and low (highest loss) each")
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--epochs", type=int, default=5, help="most passes over the training documents")
+    parser.add_argument("--patience", type=int, default=3,
+                        help="early stopping: keep the epoch with the best held-out accuracy (ties: lower loss), "
+                        "and stop after this many epochs without improvement; 0 trains every epoch and keeps the "
+                        "last (small or noisy training sets are memorised within a few epochs)")
+    parser.add_argument("--dim", type=int, default=16, help="embedding size")
+    parser.add_argument("--buckets", type=int, default=2**18, help="hash buckets for word uni+bigrams")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--valid-fraction", type=float, default=0.1,
+                        help="share of each label held out to pick the epoch (see --patience) and report accuracy")
+    parser.add_argument("--max-docs", type=int, default=None, help="read at most this many documents per label")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    options = dict(max_docs=args.max_docs, epochs=args.epochs, dim=args.dim, buckets=args.buckets, lr=args.lr,
+                   batch_size=args.batch_size, valid_fraction=args.valid_fraction, seed=args.seed,
+                   patience=args.patience)
+    if args.teacher:
+        if not args.unlabeled or args.positive or args.negative:
+            parser.error("--teacher needs --unlabeled DOCS and no --positive/--negative")
+        model, _ = runs.load(args.teacher, device=resolve_device("auto"))
+        model.eval()
+        tokenizer = Tokenizer.load(resolve_tokenizer_path(find_tokenizer(Path(args.teacher), args.teacher_tokenizer)))
+        if tokenizer.n_words > model.config.vocab_size:
+            raise PastureError(f"teacher tokenizer has {tokenizer.n_words} ids but the teacher model only "
+                               f"{model.config.vocab_size}")
+        metrics = train_quality_from_teacher(args.unlabeled, partial(text_losses, model, tokenizer), args.out,
+                                             fraction=args.teacher_fraction, teacher=args.teacher, **options)
+    elif args.positive and args.negative:
+        metrics = train_quality_classifier(args.positive, args.negative, args.out, **options)
+    else:
+        parser.error("give --positive and --negative documents, or --teacher CKPT with --unlabeled documents")
+    print(json.dumps(metrics))
     return 0

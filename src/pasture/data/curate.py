@@ -33,10 +33,10 @@ from urllib.parse import quote
 
 import numpy as np
 
-from pasture.data.documents import Document, DocumentWriter, read_documents
 from pasture.data.engine import make_engine, run_tasks, write_json_atomic
 from pasture.data.recipe import CurateConfig, filter_registry, parse_recipe
 from pasture.data.stats import StageStats, merge_stats, write_report
+from pasture.documents import Document, DocumentWriter, read_documents
 from pasture.errors import PastureError
 
 SHARD_BITS = 32

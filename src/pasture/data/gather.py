@@ -20,7 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pasture.data.documents import Document, DocumentWriter
+from tqdm import tqdm
+
+from pasture.data.extract import Extractor
+from pasture.documents import Document, DocumentWriter, expand_inputs
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst"}
 HTML_SUFFIXES = {".html", ".htm"}
@@ -166,8 +169,6 @@ def read_file(root: Root, path: Path, extractor) -> Document | None:
 def _html_extractor():
     """Main-content extraction from the curation pipeline, falling back to tag stripping."""
     try:
-        from pasture.data.extract import Extractor
-
         extractor = Extractor()
         return lambda html: extractor.extract(html)[0] or ""
     except Exception:  # the extraction libraries are an optional extra
@@ -183,8 +184,6 @@ def gather(roots: list[Root], out_dir: Path, max_bytes: int, seed: int = 0, prog
     The next file always comes from the root with the fewest bytes taken so far, so the
     budget is shared evenly between roots (a root that runs out leaves its share to the rest).
     """
-    from tqdm import tqdm
-
     queues = shuffled_by_root(list_files(roots), seed)
     extractor = _html_extractor()
     per_root = {r.name: {"path": str(r.path), "kind": r.kind, "files_listed": len(queues.get(r.name, [])),
@@ -215,7 +214,5 @@ def gather(roots: list[Root], out_dir: Path, max_bytes: int, seed: int = 0, prog
 
 def iter_source_files(patterns: list[str]) -> Iterator[Path]:
     """Files named by `--source` paths or globs, sorted."""
-    from pasture.data.documents import expand_inputs
-
     yield from expand_inputs(patterns, suffixes=(".warc", ".warc.gz", ".html", ".htm", ".jsonl", ".jsonl.zst",
                                                   ".parquet", ".txt", ".md"))

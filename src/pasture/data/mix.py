@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pasture.data.documents import Document, DocumentWriter, iter_documents
+from pasture.documents import Document, DocumentWriter, iter_documents
 from pasture.errors import PastureError
 
 LLAMA3_PROPORTIONS = {"general": 0.50, "math": 0.25, "code": 0.17, "multilingual": 0.08}

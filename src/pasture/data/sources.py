@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pasture.data.documents import DOCUMENT_SUFFIXES, Document, DocumentError, expand_inputs, read_documents
+from pasture.documents import DOCUMENT_SUFFIXES, Document, DocumentError, expand_inputs, read_documents
 from pasture.errors import PastureError
 
 WARC_SUFFIXES = (".warc", ".warc.gz")

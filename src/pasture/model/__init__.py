@@ -56,6 +56,8 @@ def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: 
     if name in PRESETS and not Path(name).exists():
         config = preset(name)
         return build(config, device, dtype, attention_backend, seed), config
+    if not Path(name).exists():
+        raise CheckpointError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint folder")
     state, config = read_weights(name)
     return from_weights(state, config, device, dtype, attention_backend), config
 
@@ -64,8 +66,6 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig
     """Weights (pasture names) and config of a pasture / Hugging Face / Meta model folder, or
     of a finished run's final model."""
     folder = Path(path)
-    if not folder.exists():
-        raise CheckpointError(f"{str(path)!r} is neither a preset ({', '.join(PRESETS)}) nor an existing model folder")
     if (folder / FINAL_MODEL_DIR / "config.json").is_file():
         folder = folder / FINAL_MODEL_DIR
     elif (folder / TRAINING_CHECKPOINTS).is_dir():

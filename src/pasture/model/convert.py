@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from pasture.errors import PastureError
 from pasture.model.config import PRESETS, ConfigError, ModelConfig, RopeScaling
@@ -277,9 +279,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     index = folder / "model.safetensors.index.json"
     if index.exists():
         files = sorted(set(_read_json(index)["weight_map"].values()))
@@ -393,8 +392,6 @@ def check_shapes(state: dict[str, torch.Tensor], config: ModelConfig) -> None:
 
 def write_checkpoint(state: dict[str, torch.Tensor], config: ModelConfig, dst: str | Path, fmt: str) -> Path:
     """Write pasture-layout weights `state` as `fmt` into folder `dst`."""
-    from safetensors.torch import save_file
-
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     out = Path(dst)

@@ -10,20 +10,23 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from pasture import __version__
+from pasture.errors import PastureError
 from pasture.train.metrics import read_metrics
 
 
 def environment() -> dict[str, Any]:
-    import os
-
-    import torch
-
-    from pasture import __version__
-
     env = {
         "pasture": __version__,
         "python": platform.python_version(),
@@ -33,8 +36,6 @@ def environment() -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
     }
     try:
-        import subprocess
-
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, timeout=5).stdout.strip()
         if commit:
@@ -46,10 +47,7 @@ def environment() -> dict[str, Any]:
 
 def plot_training(train_dir: Path, out_dir: Path) -> list[Path]:
     """Loss (train and validation), learning rate and throughput plots as PNG files."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     train = read_metrics(train_dir, "train")
     val = read_metrics(train_dir, "val")
@@ -250,8 +248,6 @@ def write_report(run_dir: Path, summary: dict[str, Any], train_dir: Path | None 
 
 def pretrain_summary(run_dir: Path) -> dict[str, Any]:
     """A report summary of a plain `pasture pretrain` run folder, from its metrics and recipe."""
-    import numpy as np
-
     train = read_metrics(run_dir, "train")
     val = read_metrics(run_dir, "val")
     skipped = read_metrics(run_dir, "event")
@@ -275,8 +271,6 @@ def pretrain_summary(run_dir: Path) -> dict[str, Any]:
 def rebuild(run_dir: Path) -> tuple[Path, Path]:
     """Rebuild the report of a speedrun folder (from speedrun.json) or of a pre-training run
     folder (from metrics.jsonl)."""
-    from pasture.errors import PastureError
-
     run_dir = Path(run_dir)
     if (run_dir / "speedrun.json").exists():
         return write_report(run_dir, json.loads((run_dir / "speedrun.json").read_text()))

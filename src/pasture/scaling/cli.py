@@ -6,6 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from pasture.errors import PastureError
+from pasture.scaling.laws import compute_optimal, downstream_forecast, fit_all, read_points
+from pasture.scaling.plots import plot_isoflops, plot_optimal_tokens
+from pasture.scaling.sweep import SweepConfig, read_points_file, sweep
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -76,8 +81,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from pasture.scaling.sweep import SweepConfig, sweep
-
     cfg = SweepConfig(data=args.data, out=args.out, budgets=args.budgets, widths=args.widths,
                       size_spread=args.size_spread, recipe=args.recipe, seq_len=args.seq_len,
                       batch_tokens=args.batch_tokens, lr=args.lr, eval_batches=args.eval_batches,
@@ -89,10 +92,6 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from pasture.scaling.laws import fit_all, read_points
-    from pasture.scaling.plots import plot_isoflops, plot_optimal_tokens
-    from pasture.scaling.sweep import read_points_file
-
     points = read_points(read_points_file(args.points))
     fit = fit_all(points, bootstrap=args.bootstrap, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +110,6 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _forecast(args: argparse.Namespace) -> int:
-    from pasture.errors import PastureError
-    from pasture.scaling.laws import compute_optimal, downstream_forecast
-    from pasture.scaling.sweep import read_points_file
-
     if not args.fit.is_file():
         raise PastureError(f"--fit {args.fit}: no such file (write one with `pasture scaling fit`)")
     result = compute_optimal(json.loads(args.fit.read_text()), args.flops)

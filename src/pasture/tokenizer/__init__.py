@@ -1,8 +1,4 @@
-"""Tokenizer stage: Llama 3 tiktoken BPE (load, encode, decode), chat format, BPE training.
-
-Importing this package is cheap: tiktoken and tokenizers are imported when a
-tokenizer is loaded or trained.
-"""
+"""Tokenizer stage: Llama 3 tiktoken BPE (load, encode, decode), chat format, BPE training."""
 
 from pasture.tokenizer.chat_format import ChatFormat, ChatFormatError, EncodedChat, Message, ToolCall
 from pasture.tokenizer.tokenizer import (
@@ -11,6 +7,7 @@ from pasture.tokenizer.tokenizer import (
     SPECIAL_TOKEN_NAMES,
     Tokenizer,
     TokenizerError,
+    find_tokenizer,
     read_bpe_ranks,
     resolve_tokenizer_path,
     write_bpe_ranks,
@@ -28,6 +25,7 @@ __all__ = [
     "ToolCall",
     "Tokenizer",
     "TokenizerError",
+    "find_tokenizer",
     "measure_compression",
     "read_bpe_ranks",
     "resolve_tokenizer_path",

@@ -7,13 +7,15 @@ import json
 import sys
 
 from pasture.cli_args import byte_size
-from pasture.tokenizer.tokenizer import LLAMA3_SPEC, TokenizerError
+from pasture.documents import iter_documents
+from pasture.tokenizer.tokenizer import LLAMA3_SPEC, Tokenizer, TokenizerError
+from pasture.tokenizer.train import measure_compression, train_tokenizer
 
 TOKENIZER_HELP = "a tokenizer.model file, a folder holding one, or 'llama3' for Meta's (from llama-models)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    tok = sub.add_parser("tokenizer", help="train a BPE tokenizer; encode, decode and measure text")
+    tok = sub.add_parser("tokenizer", description="Train a BPE tokenizer; encode, decode and measure text.")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
 
     train = tok_sub.add_parser(
@@ -57,8 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pasture.tokenizer.train import train_tokenizer
-
     stats = train_tokenizer(
         args.input,
         args.vocab_size,
@@ -84,8 +84,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from pasture.tokenizer.tokenizer import Tokenizer
-
     if (args.text is None) == (args.file is None):
         raise TokenizerError("give the text to encode either as an argument or with --file, not both")
     if args.file is not None:
@@ -120,8 +118,6 @@ def _parse_ids(values: list[str]) -> list[int]:
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from pasture.tokenizer.tokenizer import Tokenizer
-
     ids = _parse_ids(args.ids)
     tokenizer = Tokenizer.load(args.tokenizer)
     sys.stdout.write(tokenizer.decode(ids) + "\n")
@@ -129,10 +125,6 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from pasture.data.documents import iter_documents
-    from pasture.tokenizer.tokenizer import Tokenizer
-    from pasture.tokenizer.train import measure_compression
-
     tokenizer = Tokenizer.load(args.tokenizer)
     stats = measure_compression(tokenizer, (doc.text for doc in iter_documents(args.input)))
     if args.json:

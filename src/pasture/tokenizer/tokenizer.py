@@ -4,24 +4,23 @@ Token ids match Meta's `llama_models.llama3.tokenizer.Tokenizer` exactly: the sa
 pre-tokenizer regex, the same special-token names and ids (base ranks first, then
 the 256 specials), and the same input splitting (400,000-character chunks, runs of
 whitespace or non-whitespace cut every 25,000 characters) that keeps tiktoken from
-overflowing its stack on long inputs. tiktoken is the engine; it is imported when a
-tokenizer is loaded, so importing this module stays cheap.
+overflowing its stack on long inputs. tiktoken is the engine.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import importlib.resources
 import os
 import re
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, AbstractSet, Literal
+from typing import AbstractSet, Literal
+
+import tiktoken
 
 from pasture.errors import PastureError
-
-if TYPE_CHECKING:
-    import tiktoken
 
 # Llama 3's pre-tokenizer regex (character for character cl100k_base's).
 LLAMA3_PATTERN = (
@@ -67,6 +66,18 @@ class TokenizerError(PastureError):
     """A tokenizer file that is missing or malformed, or ids that are not in the vocabulary."""
 
 
+def find_tokenizer(model_folder: str | os.PathLike, explicit: str | None = None) -> str:
+    """The tokenizer beside a model: `explicit`, else the `tokenizer.model` in the model's
+    folder or in the run folder holding it (a checkpoint sits two levels down)."""
+    if explicit:
+        return explicit
+    folder = Path(model_folder)
+    for candidate in (folder, folder.parent, folder.parent.parent):
+        if (candidate / "tokenizer.model").is_file():
+            return str(candidate / "tokenizer.model")
+    raise TokenizerError(f"no tokenizer.model found with {folder}; pass --tokenizer PATH (or `llama3`)")
+
+
 def resolve_tokenizer_path(spec: str | os.PathLike) -> Path:
     """Turn a `--tokenizer` value into a `tokenizer.model` path.
 
@@ -75,8 +86,6 @@ def resolve_tokenizer_path(spec: str | os.PathLike) -> Path:
     """
     if str(spec) == LLAMA3_SPEC:
         try:
-            import importlib.resources
-
             path = Path(str(importlib.resources.files("llama_models") / "llama3" / "tokenizer.model"))
         except ModuleNotFoundError:
             raise TokenizerError(
@@ -183,8 +192,6 @@ class Tokenizer:
     """
 
     def __init__(self, mergeable_ranks: dict[bytes, int], name: str = "tokenizer") -> None:
-        import tiktoken
-
         self.num_base_tokens = len(mergeable_ranks)
         self.special_tokens: dict[str, int] = {
             token: self.num_base_tokens + i for i, token in enumerate(SPECIAL_TOKEN_NAMES)

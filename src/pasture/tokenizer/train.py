@@ -20,7 +20,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pasture.data.documents import expand_inputs, iter_documents
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+from tqdm import tqdm
+
+from pasture.documents import expand_inputs, iter_documents
 from pasture.tokenizer.tokenizer import (
     LLAMA3_PATTERN,
     NUM_SPECIAL_TOKENS,
@@ -49,9 +53,6 @@ def byte_level_alphabet() -> dict[int, str]:
 
 def build_hf_bpe_tokenizer():
     """An untrained `tokenizers` BPE with Llama 3's regex split and byte-level mapping."""
-    from tokenizers import Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -156,7 +157,7 @@ def train_tokenizer(
     """Train a byte-level BPE with `vocab_size` base ranks on documents; write `out_dir`.
 
     `inputs` are documents files or folders (JSONL, Parquet, text; see
-    `pasture.data.documents`). Every `1/holdout_fraction`-th document (up to
+    `pasture.documents`). Every `1/holdout_fraction`-th document (up to
     `holdout_max_bytes`) is held out from training to measure compression;
     `max_bytes` caps the training text. Returns the statistics written to
     `out_dir/tokenizer_stats.json`.
@@ -167,8 +168,6 @@ def train_tokenizer(
         raise TokenizerError(f"holdout fraction must be in [0, 1), got {holdout_fraction}")
     if max_bytes is not None and max_bytes <= 0:
         raise TokenizerError(f"max bytes must be positive, got {max_bytes}")
-    from tokenizers import pre_tokenizers, trainers
-    from tqdm import tqdm
 
     started = time.time()
     out = Path(out_dir)

@@ -18,18 +18,31 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor
 
+from pasture import model as model_formats
 from pasture.errors import PastureError
 from pasture.model import FINAL_MODEL_DIR
 from pasture.model.config import ModelConfig
 from pasture.model.convert import write_checkpoint
+from pasture.model.llama import Transformer
 
 CHECKPOINT_DIR = "checkpoints"
 # DCP warns on every single-process save/load; single-process is a supported use here.
@@ -97,16 +110,10 @@ def latest_valid(run_dir: Path, log=print) -> Path | None:
 
 
 def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
     return get_model_state_dict(model)
 
 
 def _rng_state() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -114,10 +121,6 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -126,16 +129,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def _barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -174,10 +173,6 @@ class Checkpointer:
     def save(self, run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
              train_state: dict[str, Any], model_config: ModelConfig, recipe: dict[str, Any] | None = None,
              keep_last: int | None = None) -> None:
-        import torch.distributed as dist
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
         self.wait()
         rank, world = _rank_and_world()
         final = step_dir(run_dir, step)
@@ -238,13 +233,6 @@ def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer 
     The model and optimizer may be sharded differently from when the checkpoint was
     saved: torch.distributed.checkpoint reshards on load.
     """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        get_optimizer_state_dict,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
     validate(folder)
     rank, world = _rank_and_world()
     state: dict[str, Any] = {"model": _model_state(model)}
@@ -269,9 +257,6 @@ def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer 
 
 def load_model(folder: Path, model: torch.nn.Module) -> None:
     """Restore only the model weights from a checkpoint or weights folder, resharding as needed."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
     validate(folder)
     state = {"model": _model_state(model)}
     try:
@@ -285,8 +270,6 @@ def save_weights(folder: Path, model: torch.nn.Module, model_config: ModelConfig
     """Model weights alone, written shard by shard by every rank, in the checkpoint layout
     (so `read_model_state` opens it). Atomic like a checkpoint: written beside the folder,
     marked COMPLETE, then renamed into place, so a crash never leaves a half folder."""
-    import torch.distributed.checkpoint as dcp
-
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     rank, world = _rank_and_world()
@@ -323,9 +306,6 @@ def _replace_folder(tmp: Path, final: Path) -> None:
 @torch.no_grad()
 def average_weights_into(model: torch.nn.Module, folders: list[Path]) -> None:
     """Set `model` to the mean of the weights in `folders`; each rank averages only its own shards."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.tensor import DTensor
-
     def local(t: torch.Tensor) -> torch.Tensor:
         return t.to_local() if isinstance(t, DTensor) else t
 
@@ -367,10 +347,22 @@ def resolve(path: Path) -> Path:
     return path
 
 
+def is_training_format(path: Path) -> bool:
+    """A checkpoint or weights folder, or a run without a final model yet."""
+    path = Path(path)
+    return is_run_or_checkpoint(path) and not (path / FINAL_MODEL_DIR / "config.json").is_file()
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """Weights (CPU, unsharded, pasture names) and config of a run (its final model, else its
+    newest checkpoint), checkpoint or weights folder, or of any model folder `pasture.model` reads."""
+    if is_training_format(Path(path)):
+        return read_model_state(Path(path))
+    return model_formats.read_weights(path)
+
+
 def read_model_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """Model weights (unsharded, CPU) and config from a run or checkpoint folder, without a process group."""
-    from pasture.model.llama import Transformer
-
     folder = resolve(path)
     validate(folder)
     config = ModelConfig.from_dict(read_config(folder)["model"])
@@ -379,7 +371,6 @@ def read_model_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     model = model.to_empty(device="cpu")
     if config.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
-    import torch.distributed.checkpoint as dcp
 
     state = {"model": model.state_dict()}
     try:

@@ -31,11 +31,28 @@ from functools import partial
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed import _functional_collectives as funcol
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.pipelining import PipelineStage
+from torch.distributed.pipelining.schedules import Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from pasture.errors import PastureError
 from pasture.model.config import ModelConfig
 from pasture.model.llama import Transformer, build_attention_mask, positions_from_document_ids
+from pasture.train.loss import vocab_parallel_cross_entropy_sum
 
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 PP_SCHEDULES = ("1F1B", "Interleaved1F1B", "GPipe")
@@ -219,8 +236,6 @@ def build_mesh(layout: Layout, device_type: str) -> Meshes:
     Slicing a flattened dimension out of a root mesh is deprecated in torch, so every
     view that needs a merged dimension (data, FSDP) is its own unflattening of the world.
     """
-    from torch.distributed.device_mesh import init_device_mesh
-
     world = init_device_mesh(device_type, (layout.world_size,), mesh_dim_names=("world",))
     data = world._unflatten(0, (layout.pp, layout.dp_replicate * layout.dp_shard, layout.cp, layout.tp),
                             ("pp", "dp", "cp", "tp"))
@@ -241,15 +256,6 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
     gathers them before its q/k/v and w1/w3 projections and reduce-scatters after wo/w2.
     The output projection's weight is sharded over the vocabulary for `vocab_parallel_loss_sum`.
     """
-    from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor.parallel import (
-        ColwiseParallel,
-        PrepareModuleInput,
-        RowwiseParallel,
-        SequenceParallel,
-        parallelize_module,
-    )
-
     tp = tp_mesh.size()
     root_plan = {
         "norm": SequenceParallel(),
@@ -286,10 +292,6 @@ def vocab_parallel_loss_sum(output: nn.Module, hidden: torch.Tensor, targets: to
     rank projects the whole sequence onto its slice of the vocabulary, chunk by chunk, and
     the softmax's maxima and sums are all-reduced, so no rank holds full logits
     (`loss.vocab_parallel_cross_entropy_sum`). The same value on every rank of the TP group."""
-    from torch.distributed.tensor import DTensor, Replicate
-
-    from pasture.train.loss import vocab_parallel_cross_entropy_sum
-
     if isinstance(hidden, DTensor):  # sequence-parallel: gather the sequence once
         hidden = hidden.redistribute(placements=[Replicate()] * hidden.device_mesh.ndim).to_local()
     weight = output.weight  # DTensor, Shard(0) on the TP mesh
@@ -348,8 +350,6 @@ class ContextParallel:
 
     def _gather(self, k: torch.Tensor, v: torch.Tensor, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values [B, heads, T/cp, hd] of this rank -> of the whole sequence, in order."""
-        from torch.distributed import _functional_collectives as funcol
-
         # renamed in newer torch; both differentiate through the gather
         gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
         both = torch.cat([k, v], dim=1).transpose(0, 2).contiguous()  # gather along dim 0
@@ -374,8 +374,6 @@ def _saved_ops() -> set:
 
 
 def _save_matmuls_policy(ctx, op, *args, **kwargs):
-    from torch.utils.checkpoint import CheckpointPolicy
-
     return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
@@ -384,9 +382,6 @@ _SAVED_OPS = _saved_ops()
 
 def apply_activation_checkpointing(model: nn.Module, cfg: ParallelConfig) -> None:
     """Wrap transformer blocks per `cfg.activation_checkpoint`, keeping parameter names."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-    from torch.utils.checkpoint import create_selective_checkpoint_contexts
-
     if cfg.activation_checkpoint == "none":
         return
     for name, block in list(model.layers.named_children()):
@@ -412,8 +407,6 @@ def apply_fsdp(model: nn.Module, dp_mesh, param_dtype: torch.dtype | None, resha
     after forward: the chunked loss multiplies by `output.weight` outside the model's
     forward. `root`: a module wrapping the model (a reward model's head), sharded last.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in model.layers:
         fully_shard(block, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
@@ -433,7 +426,7 @@ class KeptLayers(nn.ModuleDict):
         return iter(self._modules.values())
 
 
-def stage_layer_ids(n_layers: int, n_stages: int) -> list[range]:
+def pipeline_stage_layers(n_layers: int, n_stages: int) -> list[range]:
     """Contiguous layer ranges per stage, counting the embedding and the output projection
     as one layer each, so the first and last stages hold one block fewer (Llama 3 §3.3.2)."""
     units = n_layers + 2  # unit 0: embedding, units 1..n_layers: blocks, unit n_layers+1: output
@@ -494,7 +487,7 @@ def split_pipeline(model: Transformer, cfg: ParallelConfig, layout: Layout, pp_r
     interleaved schedule expects; with one stage per rank that is stage r.
     """
     n_stages = layout.pp * cfg.stages_per_rank
-    ranges = stage_layer_ids(model.config.n_layers, n_stages)
+    ranges = pipeline_stage_layers(model.config.n_layers, n_stages)
     stage_ids = list(range(pp_rank, n_stages, layout.pp))
     stages = [PipelineStageModule(model, ranges[s], first=s == 0, last=s == n_stages - 1,
                                   context_parallel=context_parallel) for s in stage_ids]
@@ -522,9 +515,6 @@ class PipelineRunner:
         self._schedules: dict[tuple, Any] = {}
 
     def _build(self, n_microbatches: int):
-        from torch.distributed.pipelining import PipelineStage
-        from torch.distributed.pipelining.schedules import Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
-
         stages = [PipelineStage(m, s, self.n_stages, self.device, group=self.group)
                   for m, s in zip(self.modules, self.stage_ids)]
         if self.schedule_name == "Interleaved1F1B":
@@ -572,16 +562,12 @@ class PipelineRunner:
 
 def local_value(x: torch.Tensor) -> torch.Tensor:
     """A plain tensor from a possibly distributed one (replicated or partial DTensor)."""
-    from torch.distributed.tensor import DTensor
-
     return x.full_tensor() if isinstance(x, DTensor) else x
 
 
 def clip_gradients(parameters: list[nn.Parameter], max_norm: float, pp_group=None) -> float:
     """Clip to `max_norm` by the global gradient norm, over sharded (DTensor) gradients and
     over pipeline ranks, which each hold different parameters. Returns the norm before clipping."""
-    import torch.distributed as dist
-
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = local_value(torch.nn.utils.get_total_norm(grads, 2.0)) if grads else torch.zeros(())
     if pp_group is not None:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 from pasture.model.config import ModelConfig
 from pasture.model.info import GIB, flops_per_token, num_params
-from pasture.train.parallel import Layout, ParallelConfig, stage_layer_ids
+from pasture.train.parallel import Layout, ParallelConfig, pipeline_stage_layers
 
 LOSS_CHUNK_TOKENS = 8192
 
@@ -65,7 +65,7 @@ def block_params(config: ModelConfig) -> int:
 def stage_params(config: ModelConfig, n_stages: int) -> list[int]:
     """Parameters held by each pipeline stage: its blocks, the embedding on the first, the
     final norm and output projection on the last (the output counted even when tied)."""
-    ranges = stage_layer_ids(config.n_layers, n_stages)
+    ranges = pipeline_stage_layers(config.n_layers, n_stages)
     embedding = config.vocab_size * config.dim
     counts = [len(r) * block_params(config) for r in ranges]
     counts[0] += embedding
@@ -132,7 +132,7 @@ def memory_plan(config: ModelConfig, layout: Layout, cfg: ParallelConfig, seq_le
     """Memory of the GPU that needs the most (the first pipeline stage) for this layout."""
     n_stages = layout.pp * cfg.stages_per_rank
     per_stage = stage_params(config, n_stages)
-    ranges = stage_layer_ids(config.n_layers, n_stages)
+    ranges = pipeline_stage_layers(config.n_layers, n_stages)
     # the stages a rank holds: r, r + pp, ...; the first rank holds the embedding
     rank_params = [sum(per_stage[s] for s in range(r, n_stages, layout.pp)) for r in range(layout.pp)]
     rank_blocks = [sum(len(ranges[s]) for s in range(r, n_stages, layout.pp)) for r in range(layout.pp)]

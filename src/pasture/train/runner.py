@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-from pasture import runs
 from pasture.errors import PastureError
+from pasture.model import from_weights
 from pasture.model.config import ModelConfig
 from pasture.model.llama import Transformer
 from pasture.runtime import all_reduce_sum, autocast, is_distributed
@@ -50,7 +50,7 @@ class Runner:
     transformer: nn.Module | None
     device: torch.device
     autocast_dtype: torch.dtype | None
-    parallel_config: ParallelConfig = field(default_factory=lambda: ParallelConfig(dp_shard=1))
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
     layout: Layout = Layout(1, 1, 1, 1, 1)
     micro_batch_size: int = 0  # rows per forward/backward per rank; 0: the whole rank's share
     pipeline: parallel.PipelineRunner | None = None
@@ -247,10 +247,10 @@ def build_runner(spec: RunnerSpec, wrap_model: Callable[[Transformer], nn.Module
     with torch.device(spec.device):
         transformer = Transformer(spec.model_config, attention_backend=spec.attention_backend)
     if spec.init_from:
-        source, source_config = runs.load(spec.init_from, device=spec.device)
+        state, source_config = ckpt.read_weights(spec.init_from)
         if source_config != spec.model_config:
             raise PastureError(f"model.init_from={spec.init_from} has a different model config than the recipe")
-        transformer.load_state_dict(source.state_dict())
+        transformer.load_state_dict(from_weights(state, source_config, spec.device).state_dict())
     with torch.device(spec.device):
         model = wrap_model(transformer)
     float8.apply_float8(transformer, spec.float8)
@@ -258,8 +258,9 @@ def build_runner(spec: RunnerSpec, wrap_model: Callable[[Transformer], nn.Module
     if spec.compile:
         for layer in transformer.layers:
             layer.compile()
-    return Runner(model, transformer, spec.device, spec.autocast_dtype, micro_batch_size=spec.micro_batch_size,
-                  loss_chunk_tokens=spec.loss_chunk_tokens, compile_loss=spec.compile)
+    return Runner(model, transformer, spec.device, spec.autocast_dtype, parallel_config=spec.parallel,
+                  micro_batch_size=spec.micro_batch_size, loss_chunk_tokens=spec.loss_chunk_tokens,
+                  compile_loss=spec.compile)
 
 
 def _build_distributed(spec: RunnerSpec, wrap_model) -> Runner:
@@ -323,9 +324,10 @@ def _load_initial_weights(source: str, module: nn.Module, config: ModelConfig, p
     if ckpt.is_run_or_checkpoint(Path(source)) and not prefix:
         ckpt.load_model(ckpt.resolve(Path(source)), module)
         return
-    whole, source_config = runs.load(source)
+    weights, source_config = ckpt.read_weights(source)
     if source_config != config:
         raise PastureError(f"model.init_from={source} has a different model config than the recipe")
     wanted = set(module.state_dict())
+    whole = from_weights(weights, source_config)
     state = {prefix + k: v for k, v in whole.state_dict().items() if prefix + k in wanted}
     set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=False))

@@ -1,6 +1,6 @@
 """`pasture tokenize`: documents in, token shards out (format in `shards.py`).
 
-Documents stream from the readers in `pasture.data.documents`, are grouped into
+Documents stream from the readers in `pasture.documents`, are grouped into
 batches, encoded on a process pool (each worker loads the tokenizer once) and written
 in input order, so the output is byte-identical whatever the number of workers. At
 most a few batches per worker are in flight, so memory stays bounded whatever the
@@ -15,16 +15,18 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tqdm import tqdm
 
-from pasture.data.documents import expand_inputs, read_documents
+from pasture.documents import expand_inputs, read_documents
 from pasture.errors import PastureError
+from pasture.tokenizer import Tokenizer, resolve_tokenizer_path
 from pasture.train.shards import FORMAT, INDEX_FILE, SPLITS, VERSION, SplitWriter, write_index
 
 if TYPE_CHECKING:
@@ -83,7 +85,6 @@ _worker_tokenizer: "Tokenizer | None" = None
 def _init_worker(tokenizer_path: str) -> None:
     """Pool initializer: load the tokenizer once per process, not once per batch."""
     global _worker_tokenizer
-    from pasture.tokenizer import Tokenizer
 
     _worker_tokenizer = Tokenizer.load(tokenizer_path)
 
@@ -171,10 +172,6 @@ def tokenize_documents(
     counted and skipped. `vocab_size` checks ids against a smaller vocabulary than the
     tokenizer's (a model with a smaller embedding). `index.json` is written last.
     """
-    from tqdm import tqdm
-
-    from pasture.tokenizer import Tokenizer, resolve_tokenizer_path
-
     if not 0.0 <= val_fraction < 1.0:
         raise TokenizeError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if shard_tokens < 1:

@@ -1,11 +1,15 @@
-"""Held-out loss and bits per byte of a language model over validation batches."""
+"""Held-out loss and bits per byte of a language model over validation batches, and the
+mean next-token loss of single texts (the quality classifier's teacher labels by it)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pasture.runtime import autocast
@@ -39,3 +43,19 @@ def evaluate(model: nn.Module, val_loader, device: torch.device, autocast_dtype:
     loss = (total / max(count, 1)).item()
     bpb = (total / math.log(2) / max(val_loader.bytes, 1)).item()
     return {"val_loss": loss, "val_bpb": bpb, "val_tokens": count, "val_bytes": val_loader.bytes}
+
+
+@torch.inference_mode()
+def text_losses(model: nn.Module, tokenizer, texts: Sequence[str], max_tokens: int = 512) -> np.ndarray:
+    """Mean next-token loss (nats) of each text under `model`, over its first `max_tokens`
+    tokens (with BOS); inf for a text too short to have a target."""
+    device = next(model.parameters()).device
+    losses = np.empty(len(texts))
+    for i, ids in enumerate(tokenizer.encode_batch(list(texts), bos=True)):
+        ids = torch.tensor(ids[: max_tokens + 1], device=device)[None]
+        if ids.shape[1] < 2:
+            losses[i] = np.inf
+            continue
+        logits = model(ids[:, :-1])
+        losses[i] = F.cross_entropy(logits[0], ids[0, 1:]).item()
+    return losses

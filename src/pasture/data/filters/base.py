@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pasture.data.documents import Document
+from pasture.documents import Document
 from pasture.errors import PastureError
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"

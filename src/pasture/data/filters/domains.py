@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from pasture.data.documents import Document
 from pasture.data.filters.base import FilterError, TextFeatures
 from pasture.data.filters.language import bundled_model_path, identify_language
 from pasture.data.filters.quality import TextClassifier
+from pasture.documents import Document
 
 DOMAINS = ("general", "code", "math", "multilingual")
 

@@ -14,8 +14,8 @@ from itertools import repeat
 
 import numpy as np
 
-from pasture.data.documents import Document
 from pasture.data.filters.base import RESOURCES, FilterError, TextFeatures, read_word_list
+from pasture.documents import Document
 
 # Gopher's stop words for English, and the most frequent function words of a few
 # other languages; the stop-word rule is skipped for languages not listed here.

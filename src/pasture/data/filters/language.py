@@ -12,8 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pasture.data.documents import Document
 from pasture.data.filters.base import FilterError
+from pasture.documents import Document
 
 # the predictor only reads this much of a document: the language is clear long before
 MAX_PREDICT_CHARS = 10_000

@@ -10,7 +10,6 @@ your own positives (e.g. reference-quality pages) and negatives (random web).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import zlib
@@ -18,9 +17,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from pasture.data.documents import Document, iter_documents
 from pasture.data.filters.base import FilterError, TextFeatures
+from pasture.data.filters.teacher import TextScorer, label_by_teacher
+from pasture.documents import Document, iter_documents
 
 MODEL_FILE = "classifier.npz"
 CONFIG_FILE = "classifier.json"
@@ -133,8 +134,6 @@ def train_text_classifier(
     accuracy (ties: lower loss) is kept, as fastText's autotune picks by the validation score; training
     stops after `patience` epochs without improvement. `patience=0` trains every epoch and keeps the last.
     """
-    import torch
-
     if len(docs_by_label) < 2:
         raise ClassifierError(f"need documents of at least 2 labels, got {sorted(docs_by_label)}")
     if not 0 < valid_fraction < 1:
@@ -225,19 +224,19 @@ def train_quality_classifier(
 
 def train_quality_from_teacher(
     unlabeled_paths: Sequence[str | Path] | str | Path,
-    teacher: str | Path,
-    tokenizer: str | Path,
+    score: TextScorer,
     out_dir: str | Path,
     fraction: float = 0.3,
     max_docs: int | None = None,
+    teacher: str = "",
     **train_options,
 ) -> dict:
-    """Label unlabeled documents with a pasture model as teacher (see `teacher.py`), then train
-    on those labels; the metrics include the teacher's labelling statistics."""
-    from pasture.data.filters.teacher import label_by_teacher
-
-    positive, negative, teacher_stats = label_by_teacher(unlabeled_paths, teacher, tokenizer, fraction, max_docs)
-    return _train_and_save(positive, negative, out_dir, {"teacher": teacher_stats}, **train_options)
+    """Label unlabeled documents with a model as teacher (`score`: each text's mean next-token
+    loss; see `teacher.py`), then train on those labels; the metrics include the teacher's
+    labelling statistics under `teacher`."""
+    positive, negative, teacher_stats = label_by_teacher(unlabeled_paths, score, fraction, max_docs)
+    return _train_and_save(positive, negative, out_dir, {"teacher": {"teacher": teacher, **teacher_stats}},
+                           **train_options)
 
 
 def _train_and_save(positive: list[list[str]], negative: list[list[str]], out_dir: str | Path,
@@ -247,62 +246,6 @@ def _train_and_save(positive: list[list[str]], negative: list[list[str]], out_di
     model.metrics.update(extra_metrics or {})
     model.save(out_dir)
     return model.metrics
-
-
-class _RaisingParser(argparse.ArgumentParser):
-    """argparse that raises a PastureError instead of exiting, so callers see one error type."""
-
-    def error(self, message: str) -> None:
-        raise ClassifierError(f"{self.prog}: {message}")
-
-
-def train_quality_cli(argv: list[str]) -> int:
-    """`pasture curate train-quality (--positive DOCS --negative DOCS | --teacher CKPT --unlabeled DOCS) --out DIR`."""
-    parser = _RaisingParser(
-        prog="pasture curate train-quality",
-        description="Train the fastText-style quality classifier that the `quality` curate stage applies, "
-        "from positive and negative documents, or from unlabeled documents labelled by a pasture model as "
-        "teacher (its most and least predictable documents, as Llama 3 labelled with Llama 2).",
-    )
-    parser.add_argument("--positive", nargs="+", help="documents of the quality to keep (files, folders, globs)")
-    parser.add_argument("--negative", nargs="+", help="documents to filter out, e.g. random web pages")
-    parser.add_argument("--teacher", help="a pasture checkpoint or run folder that labels --unlabeled by perplexity")
-    parser.add_argument("--unlabeled", nargs="+", help="documents for the teacher to label")
-    parser.add_argument("--teacher-tokenizer", help="the teacher's tokenizer (default: the one in its run folder)")
-    parser.add_argument("--teacher-fraction", type=float, default=0.3,
-                        help="share of documents labelled high (lowest loss) and low (highest loss) each")
-    parser.add_argument("--out", required=True, help="model directory to write")
-    parser.add_argument("--epochs", type=int, default=5, help="most passes over the training documents")
-    parser.add_argument("--patience", type=int, default=3,
-                        help="early stopping: keep the epoch with the best held-out accuracy (ties: lower loss), "
-                        "and stop after this many epochs without improvement; 0 trains every epoch and keeps the "
-                        "last (small or noisy training sets are memorised within a few epochs)")
-    parser.add_argument("--dim", type=int, default=16, help="embedding size")
-    parser.add_argument("--buckets", type=int, default=2**18, help="hash buckets for word uni+bigrams")
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--valid-fraction", type=float, default=0.1,
-                        help="share of each label held out to pick the epoch (see --patience) and report accuracy")
-    parser.add_argument("--max-docs", type=int, default=None, help="read at most this many documents per label")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    options = dict(max_docs=args.max_docs, epochs=args.epochs, dim=args.dim, buckets=args.buckets, lr=args.lr,
-                   batch_size=args.batch_size, valid_fraction=args.valid_fraction, seed=args.seed,
-                   patience=args.patience)
-    if args.teacher:
-        if not args.unlabeled or args.positive or args.negative:
-            parser.error("--teacher needs --unlabeled DOCS and no --positive/--negative")
-        from pasture.train.pretrain_cli import find_tokenizer
-
-        tokenizer = find_tokenizer(Path(args.teacher), args.teacher_tokenizer)
-        metrics = train_quality_from_teacher(args.unlabeled, args.teacher, tokenizer, args.out,
-                                             fraction=args.teacher_fraction, **options)
-    elif args.positive and args.negative:
-        metrics = train_quality_classifier(args.positive, args.negative, args.out, **options)
-    else:
-        parser.error("give --positive and --negative documents, or --teacher CKPT with --unlabeled documents")
-    print(json.dumps(metrics))
-    return 0
 
 
 class QualityFilter:

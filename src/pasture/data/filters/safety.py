@@ -9,8 +9,8 @@ import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from pasture.data.documents import Document
 from pasture.data.filters.base import RESOURCES, FilterError, read_word_list
+from pasture.documents import Document
 
 DEFAULT_BLOCKLIST = RESOURCES / "blocked_domains.txt"
 PII_KINDS = ("email", "ip", "phone")

@@ -1,15 +1,20 @@
-"""`pasture model info` and `pasture convert`.
-
-Kept outside the `pasture.model` package, whose import loads torch, so `pasture --help` stays fast.
-"""
+"""The model package's commands: `pasture model info` and `pasture convert`."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+import torch
+
+from pasture.model.config import PRESETS, preset
+from pasture.model.convert import CheckpointError, write_checkpoint
+from pasture.model.info import describe
+from pasture.train.checkpoint import read_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    model = sub.add_parser("model", help="inspect model presets and checkpoints")
+    model = sub.add_parser("model", description="Inspect model presets and checkpoints.")
     model_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
     info = model_sub.add_parser(
         "info", help="parameters, FLOPs per token and memory of a preset or checkpoint",
@@ -23,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(func=_info)
 
     convert = sub.add_parser(
-        "convert", help="convert checkpoints between pasture, Hugging Face and Meta layouts",
+        "convert",
         description="Read a checkpoint folder in any supported layout (detected automatically: "
         "pasture config.json + model.safetensors, Hugging Face config.json + *.safetensors, Meta "
         "params.json + consolidated.*.pth, or a pre-training run) and write it in another. "
@@ -38,34 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from pasture.model.config import PRESETS, preset
-    from pasture.model.info import describe
-
     if args.model in PRESETS and not Path(args.model).exists():
         config, name = preset(args.model), args.model
     else:
-        from pasture.model import _read_any
-        from pasture.model.convert import CheckpointError
-
         if not Path(args.model).exists():
             raise CheckpointError(f"{args.model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
-        _, config = _read_any(Path(args.model))
+        _, config = read_weights(args.model)
         name = args.model
     print(describe(config, args.seq_len, name))
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from pasture.model import _read_any
-    from pasture.model.convert import write_checkpoint
-
-    state, config = _read_any(Path(args.src))
+    state, config = read_weights(args.src)
     if args.dtype:
         state = {k: v.to(getattr(torch, args.dtype)) for k, v in state.items()}
     out = write_checkpoint(state, config, args.dst, args.to)

@@ -9,6 +9,7 @@ document each, so a folder of text is a valid input too.
 from __future__ import annotations
 
 import glob
+import gzip
 import io
 import json
 import os
@@ -16,6 +17,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
 
 from pasture.errors import PastureError
 
@@ -104,13 +109,9 @@ def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], suffi
 def _open_text(path: Path) -> io.TextIOBase:
     name = path.name.lower()
     if name.endswith(".zst"):
-        import zstandard
-
         raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
         return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
     if name.endswith(".gz"):
-        import gzip
-
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
     return open(path, encoding="utf-8", errors="replace")
 
@@ -121,8 +122,6 @@ def read_documents(path: str | Path) -> Iterator[Document]:
     suffix = _suffix(p)
     stem = p.name
     if suffix in PARQUET_SUFFIXES:
-        import pyarrow.parquet as pq
-
         try:
             pf = pq.ParquetFile(p)
         except Exception as e:  # pyarrow raises several types for a bad file
@@ -178,8 +177,6 @@ class DocumentWriter:
         if self.kind == "jsonl":
             raw = open(self.tmp, "wb")
             if self.path.name.endswith(".zst"):
-                import zstandard
-
                 raw = zstandard.ZstdCompressor(level=3).stream_writer(raw)
             self._out = raw
 
@@ -196,9 +193,6 @@ class DocumentWriter:
             self._flush_parquet()
 
     def _flush_parquet(self, even_if_empty: bool = False) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         if not self._rows and not even_if_empty:
             return
         schema = pa.schema([(k, pa.string()) for k in ("id", "text", "url", "source", "meta")])
