@@ -9,7 +9,7 @@ import numpy as np
 import zstandard
 
 from pasture.baselines import code_lengths, compressor_baselines, document_texts, xz_bits
-from pasture.data.documents import Document, write_documents
+from pasture.documents import Document, write_documents
 from pasture.tokenizer import Tokenizer, resolve_tokenizer_path
 from pasture.train.shards import TokenDataset
 from pasture.train.tokenize import is_held_out, tokenize_documents
