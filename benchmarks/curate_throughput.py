@@ -7,13 +7,21 @@ English and code), plus near-duplicate copies, so MinHash has work to do. Two
 comparisons:
   extract: WARC -> main-content text -> JSONL (datatrove: WarcReader + Trafilatura + JsonlWriter;
            pasture: the same with trafilatura, and with its default resiliparse)
-  minhash: JSONL -> 14x8 MinHash over 5-grams -> de-duplicated JSONL (datatrove's 4 stages;
-           pasture's signatures -> buckets -> clusters -> filter)
+  minhash: JSONL -> 14x8 MinHash over word 5-grams -> de-duplicated JSONL (datatrove's 4 stages;
+           pasture's signatures -> buckets -> clusters -> filter), words split by pasture's splitter
+           on both sides
   pipeline: WARC -> extraction -> Gopher repetition + Gopher quality filters -> JSONL, the part
            of the Llama 3 / FineWeb pipeline both tools run offline (datatrove's language filter and
-           C4 bad-words lists download models/lists, so they are off on both sides)
-datatrove runs only when it imports (pip install datatrove, e.g. in a separate venv that
-also sees pasture: python -m venv --system-site-packages).
+           C4 bad-words lists download models/lists, so they are off on both sides). Both sides
+           split words the same way: datatrove's Gopher filters get pasture's word splitter
+           (its default for English is spaCy's tokenizer, which splits code differently and
+           needs spaCy), so the rules see the same words and the kept counts compare.
+datatrove runs only when it imports: `pip install datatrove==0.10.1` next to pasture. Its
+hashing passes str to xxhash, which xxhash >= 4 refuses ("TypeError: Strings must be encoded
+before hashing", datatrove issue #508; its `processing` extra pins xxhash<4), so put xxhash 3
+and the readers' and writers' own dependencies first on the path (benchmarks/README.md):
+  pip install --target /tmp/pasture-bench-datatrove 'xxhash>=3.5,<4' faust-cchardet python-magic orjson
+  PYTHONPATH=/tmp/pasture-bench-datatrove:src python benchmarks/curate_throughput.py
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import shutil
 import sysconfig
 import tempfile
 import time
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 
@@ -79,6 +87,27 @@ def datatrove_extract(warc: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
+def pasture_word_splitter():
+    """datatrove's WordTokenizer interface over pasture's word splitting (TextFeatures.words)."""
+    import re
+
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    from pasture.data.filters.base import WORD_RE, TextFeatures
+
+    class PastureWords(WordTokenizer):
+        def word_tokenize(self, text: str) -> list[str]:
+            return TextFeatures(text).words
+
+        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+            return [m.span() for m in WORD_RE.finditer(text)]
+
+        def sent_tokenize(self, text: str) -> list[str]:
+            return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
+
+    return PastureWords("en")
+
+
 def datatrove_pipeline(warc: Path, out: Path) -> tuple[float, int]:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.extractors import Trafilatura
@@ -86,9 +115,10 @@ def datatrove_pipeline(warc: Path, out: Path) -> tuple[float, int]:
     from datatrove.pipeline.readers import WarcReader
     from datatrove.pipeline.writers import JsonlWriter
 
+    words = pasture_word_splitter()
     t0 = time.perf_counter()
     LocalPipelineExecutor(pipeline=[WarcReader(str(warc.parent), glob_pattern="*.warc.gz"), Trafilatura(timeout=5.0),
-                                    GopherRepetitionFilter(), GopherQualityFilter(),
+                                    GopherRepetitionFilter(language=words), GopherQualityFilter(language=words),
                                     JsonlWriter(str(out / "data"), compression=None)],
                           tasks=1, workers=1, logging_dir=str(out / "logs")).run()
     kept = sum(1 for f in (out / "data").glob("*.jsonl") for _ in open(f))
@@ -105,7 +135,8 @@ def datatrove_minhash(jsonl: Path, out: Path) -> tuple[float, int]:
     config = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8)
     read = lambda: JsonlReader(str(jsonl.parent), glob_pattern="docs.jsonl")  # noqa: E731
     t0 = time.perf_counter()
-    LocalPipelineExecutor([read(), MinhashDedupSignature(str(out / "sigs"), config=config)], tasks=1, workers=1,
+    signatures = MinhashDedupSignature(str(out / "sigs"), config=config, language=pasture_word_splitter())
+    LocalPipelineExecutor([read(), signatures], tasks=1, workers=1,
                           logging_dir=str(out / "l1")).run()
     LocalPipelineExecutor([MinhashDedupBuckets(str(out / "sigs"), str(out / "buckets"), config=config)], tasks=14,
                           workers=1, logging_dir=str(out / "l2")).run()
@@ -115,6 +146,14 @@ def datatrove_minhash(jsonl: Path, out: Path) -> tuple[float, int]:
                           tasks=1, workers=1, logging_dir=str(out / "l4")).run()
     kept = sum(1 for f in (out / "data").glob("*.jsonl") for _ in open(f))
     return time.perf_counter() - t0, kept
+
+
+def _installed(name: str) -> bool:
+    try:
+        version(name)
+        return True
+    except PackageNotFoundError:
+        return False
 
 
 def main() -> None:
@@ -149,7 +188,8 @@ def main() -> None:
                          n, seconds, warc_mb, kept))
             try:
                 seconds, kept = datatrove_pipeline(warc, root / "dt-pipeline")
-                rows.append(("pipeline: datatrove (trafilatura + Gopher filters)", n, seconds, warc_mb, kept))
+                rows.append(("pipeline: datatrove (trafilatura + Gopher filters, pasture's word splitting)", n, seconds,
+                             warc_mb, kept))
             except Exception as e:
                 print(f"datatrove pipeline failed: {type(e).__name__}: {e}")
             try:
@@ -157,10 +197,14 @@ def main() -> None:
                 rows.append(("minhash: datatrove (4 stages)", n, seconds, text_mb, kept))
             except Exception as e:  # report a broken datatrove install instead of losing the other numbers
                 print(f"datatrove minhash failed: {type(e).__name__}: {e}")
+                if "encoded before hashing" in str(e):
+                    print(f"  xxhash {version('xxhash')} refuses str; datatrove needs xxhash<4 (see this file's docstring)")
         except ImportError as e:
             print(f"datatrove not importable ({e}); pasture only")
         print(f"input: {n} pages, {warc_mb:.2f} MB of HTML in a WARC.gz, extracted-text JSONL {text_mb:.2f} MB; 1 worker each")
-        print(f"versions: resiliparse {version('resiliparse')}, trafilatura {version('trafilatura')}, numpy {version('numpy')}")
+        peers = ", ".join(f"{name} {version(name)}" for name in ("datatrove", "xxhash") if _installed(name))
+        print(f"versions: resiliparse {version('resiliparse')}, trafilatura {version('trafilatura')}, "
+              f"numpy {version('numpy')}, {peers}")
         print("| pipeline | docs | kept | seconds | docs/s/core | MB/s/core |")
         print("|---|---:|---:|---:|---:|---:|")
         for name, docs, seconds, mb, kept in rows:

@@ -1,13 +1,12 @@
 """pasture.tokenizer.ChatFormat against Meta's llama_models ChatFormat, plus the SFT loss mask."""
 
 import pytest
+from llama_models.datatypes import RawMessage, StopReason, ToolPromptFormat
+from llama_models.datatypes import ToolCall as MetaToolCall
+from llama_models.llama3 import chat_format as meta_chat
+from llama_models.llama3 import tokenizer as meta_tok
 
 from pasture.tokenizer import ChatFormat, ChatFormatError, Message, Tokenizer, ToolCall
-
-meta_chat = pytest.importorskip("llama_models.llama3.chat_format")
-meta_tok = pytest.importorskip("llama_models.llama3.tokenizer")
-from llama_models.datatypes import RawMessage, StopReason, ToolPromptFormat  # noqa: E402
-from llama_models.datatypes import ToolCall as MetaToolCall  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ from itertools import combinations
 
 import numpy as np
 from curate_corpus import page, recipe, stdlib_texts, write_jsonl, write_warc
-
-from pasture.data.curate import describe_key, doc_key, run_curation
+from pasture.data.curate import run_curation
+from pasture.documents import iter_documents
 from pasture.data.minhash import MinHasher, bucket_pairs, connected_roots, shingles
+from pasture.data.phases.shards import describe_key, doc_key
 from pasture.data.urls import crawl_time, normalize_url, url_key
 from pasture.documents import iter_documents
 

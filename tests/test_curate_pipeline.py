@@ -1,6 +1,7 @@
 """The curation pipeline end to end: sources, extraction, bad input, per-document stages, resume, CLI."""
 
 import json
+import re
 
 import pytest
 from curate_corpus import page, recipe, stdlib_texts, write_jsonl, write_warc
@@ -154,6 +155,33 @@ def test_cli_runs_a_recipe_with_overrides_and_names_bad_keys(tmp_path, capsys):
     assert "minhash.bandz" in capsys.readouterr().err
     assert main(["curate", str(tmp_path / "r.toml"), "minhash.bands=many"]) == 2
     assert "minhash.bands: expected int" in capsys.readouterr().err
+
+
+def test_every_curate_subcommand_explains_itself_with_help(tmp_path, capsys):
+    for flag in ("--help", "-h"):
+        assert main(["curate", "web", flag]) == 0
+        out = capsys.readouterr().out
+        sections = re.findall(r"^\[(\w+)\]", out, flags=re.M)
+        assert sections == ["input", "output", "extract", "url_dedup", "minhash", "line_dedup", "heuristic", "language",
+                            "quality", "safety", "domains", "mix", "engine"]
+        # the recipe's values, the defaults of keys it leaves out, and the recipe's own comments
+        assert re.search(r"^  per_language = true +# Llama 3: de-duplicate within each language", out, flags=re.M)
+        for line in ("  bands = 14", "  batch_docs = 512", "  min_words = 50", "  kl_min_docs = 20", "  enabled = false",
+                     '  pii = ["email", "ip", "phone"]', "  overwrite = false", '  dir = "curated"'):
+            assert line in out.splitlines() or any(l.startswith(line + " ") for l in out.splitlines()), line
+    # a recipe file of its own: the sections it has, then every section it leaves to the defaults
+    (tmp_path / "r.toml").write_text('[input]\npaths = ["x"]  # my crawl\n[output]\ndir = "o"\n[minhash]\nbands = 9\n')
+    assert main(["curate", str(tmp_path / "r.toml"), "engine.workers=1", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^\[(\w+)\]", out, flags=re.M) == ["input", "output", "minhash", "engine", "extract",
+                                                            "url_dedup", "line_dedup"]
+    assert re.search(r'^  paths = \["x"\] +# my crawl$', out, flags=re.M)
+    assert {"  bands = 9", "  rows = 8", "  workers = 1"} <= set(out.splitlines())  # recipe, default, override
+    assert not (tmp_path / "o").exists()  # help runs nothing
+    for argv in (["curate", "--help"], ["curate", "train-quality", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 0 and "usage: pasture curate" in capsys.readouterr().out
 
 
 def test_a_200_mb_document_is_skipped_with_its_reason(tmp_path):

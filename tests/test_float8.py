@@ -10,20 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("torchao.float8")
+import test_parallel as gloo
+from test_pretrain import recipe_args, run_recipe, token_data, train_losses  # noqa: F401 (token_data: fixture)
+from token_data import write_progressions
+from torchao.float8.float8_linear import Float8Linear
 
-import test_parallel as gloo  # noqa: E402
-from test_pretrain import recipe_args, run_recipe, token_data, train_losses  # noqa: E402, F401 (token_data: fixture)
-from token_data import write_progressions  # noqa: E402
-from torchao.float8.float8_linear import Float8Linear  # noqa: E402
-
-from pasture import model as pm  # noqa: E402
-from pasture.cli import main  # noqa: E402
-from pasture.model.config import preset  # noqa: E402
-from pasture.train import checkpoint as ckpt  # noqa: E402
-from pasture import runs  # noqa: E402
-from pasture.train.float8 import apply_float8  # noqa: E402
-from pasture.train.validation import evaluate  # noqa: E402
+from pasture import model as pm
+from pasture import runs
+from pasture.cli import main
+from pasture.model.config import preset
+from pasture.train import checkpoint as ckpt
+from pasture.train.float8 import apply_float8
+from pasture.train.validation import evaluate
 
 RECIPES = ["rowwise", "tensorwise"]
 

@@ -133,15 +133,15 @@ def _save(model, folder):
 
 def test_meta_tied_small_model_gets_factor_32(tmp_path):
     config = small_config(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=64, multiple_of=256,
-                          ffn_dim_multiplier=1.5, tie_embeddings=True, rope_scaling=RopeScaling(factor=32.0))
-    state = pm.build(config, device="meta").state_dict()
+                          ffn_dim_multiplier=1.5, tie_embeddings=True, rope_scaling=RopeScaling(factor=32.0),
+                          max_seq_len=131_072)
     from pasture.model.convert import config_from_meta, config_to_meta
 
     params = config_to_meta(config)
     params.pop("rope_scaling")  # as in Meta's own params.json
-    assert config_from_meta(params, tied=True).rope_scaling.factor == 32.0
-    assert config_from_meta(params, tied=False).rope_scaling.factor == 8.0
-    assert len(state) > 0
+    assert config_from_meta(params, tied=True) == config  # every field back, factor 32 included
+    untied = config_from_meta(params, tied=False)
+    assert untied.rope_scaling.factor == 8.0 and not untied.tie_embeddings
 
 
 def test_document_mask_equals_separate_documents():
@@ -215,3 +215,55 @@ def test_model_info_cli_prints_405b(capsys):
     assert main(["model", "info", "llama3.1-405b", "--seq-len", "8192"]) == 0
     out = capsys.readouterr().out
     assert "405,853,388,800" in out and "53248" in out and "GiB" in out
+
+
+def long_context_config() -> ModelConfig:
+    """Llama 3.2 1B's rotary setup (head 64, theta 500k, factor 32) at its full 128K context."""
+    return small_config(dim=128, n_heads=2, n_kv_heads=1, rope_scaling=RopeScaling(factor=32.0), max_seq_len=131_072)
+
+
+def test_rope_stays_fp32_in_bf16_models(tmp_path):
+    config = long_context_config()
+    reference = pm.build(config, seed=7)
+    positions = torch.arange(config.max_seq_len)[None]
+    cos, sin = reference.rope_angles(positions)
+    checkpoint = _save(reference, tmp_path / "ckpt")
+    bf16_models = {
+        "build": pm.build(config, dtype=torch.bfloat16, seed=7),
+        "load preset": pm.load("tiny", dtype=torch.bfloat16)[0],
+        "load checkpoint": pm.load(checkpoint, dtype=torch.bfloat16)[0],
+        ".to(bfloat16)": pm.build(config, seed=7).to(torch.bfloat16),
+        ".half()": pm.build(config, seed=7).half(),
+        "meta, then .to(bfloat16)": pm.build(config, device="meta").to(torch.bfloat16),
+    }
+    for how, model in bf16_models.items():
+        assert model.inv_freq.dtype == torch.float32, how
+        assert model.layers[0].attention.wq.weight.dtype != torch.float32, how
+    bf16 = bf16_models["build"]
+    assert torch.equal(bf16.inv_freq, reference.inv_freq)
+    bf16_cos, bf16_sin = bf16.rope_angles(positions)
+    assert torch.equal(bf16_cos, cos) and torch.equal(bf16_sin, sin)
+    meta = bf16_models["meta, then .to(bfloat16)"]
+    meta.to_empty(device="cpu")
+    meta.init_weights()
+    assert torch.equal(meta.inv_freq, reference.inv_freq)
+
+
+def test_bf16_logits_at_long_positions_match_fp32_rope():
+    """A bf16 model whose last tokens sit 128K positions after its first, against the same
+    (bf16-rounded) weights run in fp32: only bf16 matmul noise apart (0.5%). Attention sees
+    relative angles, so bf16 frequencies show only across long distances: 13% here."""
+    config = long_context_config()
+    model = pm.build(config, seed=8).eval()
+    with torch.no_grad():  # sharper attention than at init, so that rotations matter
+        for layer in model.layers:
+            layer.attention.wq.weight.mul_(4)
+            layer.attention.wk.weight.mul_(4)
+    bf16 = model.to(torch.bfloat16)
+    reference = pm.build(config).eval()
+    reference.load_state_dict({k: v.float() for k, v in bf16.state_dict().items()})
+    tokens = torch.randint(0, config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    end = config.max_seq_len
+    positions = torch.cat([torch.arange(32), torch.arange(end - 32, end)]).expand(2, 64)
+    with torch.no_grad():
+        assert rel_err(bf16(tokens, positions=positions), reference(tokens, positions=positions)) < 0.02

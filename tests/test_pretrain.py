@@ -260,9 +260,26 @@ def test_schedules():
     w = [learning_rate(s, 100, wsd) for s in range(100)]
     assert w[50] == 1.0 and w[79] == 1.0 and w[99] == pytest.approx(0.0) and w[89] == pytest.approx(0.5)
     annealed = [learning_rate(s, 100, cfg, anneal_steps=10) for s in range(100)]
-    assert annealed[:90] == [learning_rate(s, 100, cfg, 0) if s < 10 else annealed[s] for s in range(90)]
-    assert annealed[-1] < annealed[-2] < annealed[90] and annealed[-1] > 0
+    # the main schedule is a whole 90-step cosine, then the rate falls linearly towards 0
+    assert annealed[:90] == [learning_rate(s, 90, cfg) for s in range(90)]
+    assert annealed[:10] == lrs[:10] and annealed[50] < lrs[50]
+    assert annealed[90:] == pytest.approx([annealed[89] * (10 - i) / 11 for i in range(10)], rel=1e-12)
     ramp = [[0, 4_000_000], [252_000_000, 8_000_000], [2_870_000_000_000, 16_000_000]]
     assert [schedule_value(ramp, t, "r") for t in (0, 251_999_999, 252_000_000, 3e12)] == [4e6, 4e6, 8e6, 16e6]
     with pytest.raises(PastureError):
         schedule_value([[5, 1]], 0, "train.batch_ramp")
+
+
+def test_missing_tensorboard_warns_once_with_the_install_command(tmp_path):
+    script = (
+        "import sys\n"
+        "sys.modules['torch.utils.tensorboard'] = None  # as if tensorboard were not installed\n"
+        "from pasture.train.metrics import MetricsLog\n"
+        "for name in ('a', 'b', 'c'):\n"
+        f"    MetricsLog({str(tmp_path)!r} + '/' + name, tensorboard=True)\n"
+        f"MetricsLog({str(tmp_path)!r} + '/d', tensorboard=False)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("pip install 'pasture[tensorboard]'") == 1
+    assert "log.tensorboard=false" in result.stderr

@@ -3,12 +3,12 @@
 import random
 
 import pytest
+from llama_models.llama3 import tokenizer as meta_tokenizer
 
 from pasture.errors import PastureError
 from pasture.tokenizer import SPECIAL_TOKEN_NAMES, Tokenizer, TokenizerError, resolve_tokenizer_path
 from pasture.tokenizer.tokenizer import split_for_tiktoken
 
-meta_tokenizer = pytest.importorskip("llama_models.llama3.tokenizer")
 
 
 @pytest.fixture(scope="module")

@@ -191,8 +191,12 @@ def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
         *cfg.recipe_overrides,
     ]
     raw = load_recipe(recipe_name, overrides)
+    recipe = parse_recipe(raw)
     started = time.perf_counter()
-    summary = pretrain(parse_recipe(raw), raw)
+    summary = pretrain(recipe, raw)
+    if summary["steps"] < recipe.train.steps:  # stopped by a signal: not finished, so not recorded as done
+        raise PastureError(f"pre-training stopped at step {summary['steps']} of {recipe.train.steps}; "
+                           "run the same command again to resume it")
     summary["wall_seconds"] = time.perf_counter() - started
     summary["recipe"] = recipe_name
     summary["overrides"] = cfg.recipe_overrides

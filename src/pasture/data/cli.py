@@ -2,15 +2,21 @@
 
 RECIPE is a TOML file or a shipped name (`web` -> recipes/curate/web.toml). The word
 `train-quality` trains the quality classifier of `pasture.data.filters.quality`, from
-labelled documents or from a model as teacher.
+labelled documents or from a model as teacher. `pasture curate RECIPE --help` lists the recipe's sections
+and keys with their values (the recipe's, else the defaults) and the recipe's comments.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
+import re
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from pasture import runs
 from pasture.data.curate import run_curation
@@ -21,6 +27,20 @@ from pasture.runtime import resolve_device
 from pasture.tokenizer import Tokenizer, find_tokenizer, resolve_tokenizer_path
 from pasture.train.validation import text_losses
 
+HELP_FLAGS = ("-h", "--help")
+SECTION_HELP = {
+    "input": "what to read: WARC/WARC.gz, folders of .html, documents (JSONL, JSONL.zst, Parquet, .txt)",
+    "output": "where the kept documents, rejects and statistics go",
+    "extract": "HTML to text",
+    "url_dedup": "keep the most recent crawl of each URL",
+    "minhash": "near-duplicate removal: MinHash LSH over word n-grams, connected components",
+    "line_dedup": "remove lines seen more than max_count times per bucket of bucket_docs documents",
+    "engine": "where tasks run: local processes or Ray",
+    "mix": "sample the output into a mix by meta['domain'] (pasture.data.mix.write_mix)",
+}
+_SECTION_RE = re.compile(r"^\s*\[([^\]]+)\]")
+_KEY_RE = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*=")
+
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -28,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="curate web data: extract, de-duplicate (URL, MinHash, line), filter, mix",
         description="Run a curation recipe: `pasture curate web input.paths='[\"crawl/\"]' output.dir=out`. "
         "Every recipe key can be overridden as section.key=value (e.g. minhash.bands=20 engine.kind=ray). "
+        "`pasture curate RECIPE --help` lists the recipe's sections and keys with their values. "
         "`pasture curate train-quality ...` trains the model-based quality classifier.",
     )
     parser.add_argument("recipe", metavar="RECIPE", help="recipe TOML file, a shipped recipe name (web), "
@@ -38,9 +59,101 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
+def _toml(value: Any) -> str:
+    """A value as it would be written in the recipe (None: unset, the stage's own default applies)."""
+    if value is None:
+        return "(default)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }" if value else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def _comment(line: str) -> str:
+    """The `# comment` at the end of a TOML line (a `#` inside a string is not one)."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            return line[i + 1 :].strip()
+    return ""
+
+
+def _recipe_comments(path: Path) -> dict[tuple[str, str], str]:
+    """(section, key) -> the comment written after that key in the recipe file."""
+    comments, section = {}, ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if m := _SECTION_RE.match(line):
+            section = m.group(1).strip()
+        elif (m := _KEY_RE.match(line)) and _comment(line):
+            comments[(section, m.group(1))] = _comment(line)
+    return comments
+
+
+def _first_sentence(doc: str) -> str:
+    paragraph = " ".join(doc.split("\n\n")[0].split())
+    return paragraph.split(". ")[0].rstrip(".") + "."
+
+
+def _parameters(fn: Callable, skip: int = 0) -> dict[str, Any]:
+    """Keyword parameters of `fn` (after the first `skip`) and their defaults, those a recipe can set."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return {p.name: None if p.default is inspect.Parameter.empty else p.default for p in params
+            if p.name != "self" and p.kind is not p.VAR_KEYWORD and not callable(p.default)}
+
+
+def recipe_help(name_or_path: str, overrides: list[str] = ()) -> str:
+    """Every section of a recipe and every key it can set, with the value this recipe (and `overrides`) gives it."""
+    # lazy: this module is imported for `pasture --help`, which must stay fast
+    from pasture.data.mix import write_mix
+    from pasture.data.recipe import OWN_SECTIONS, filter_registry, load_recipe, recipe_dir
+
+    recipe = load_recipe(name_or_path, list(overrides))
+    path = Path(name_or_path) if Path(name_or_path).is_file() else Path(recipe_dir()) / f"{name_or_path}.toml"
+    comments = _recipe_comments(path)
+    registry = filter_registry() or {}
+    lines = [f"pasture curate {name_or_path} [section.key=value ...]", f"recipe: {path}", "",
+             "Sections run in this order; set any key with section.key=value (values are TOML literals),",
+             "switch a filter section on or off with section.enabled=true|false.", ""]
+    sections = list(recipe) + [name for name in OWN_SECTIONS if name not in recipe]
+    for name in sections:
+        given = recipe.get(name, {})
+        if name in OWN_SECTIONS:
+            fields = {f.name: (f.default if f.default is not dataclasses.MISSING
+                               else f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+                      for f in dataclasses.fields(OWN_SECTIONS[name])}
+            about = SECTION_HELP.get(name, "")
+        elif name == "mix":
+            fields, about = {"enabled": False, **_parameters(write_mix, skip=2)}, SECTION_HELP["mix"]
+        elif name in registry:
+            stage = registry[name]
+            fields = {"enabled": True, **_parameters(stage.__init__)}
+            about = f"{_first_sentence(inspect.getdoc(stage) or '')} ({stage.__module__}.{stage.__name__})"
+        else:
+            fields, about = {}, "(not a known section)"
+        lines.append(f"[{name}]" + (f"  {about}" if about else ""))
+        keys = {**fields, **given}
+        width = min(max((len(k) + len(_toml(v)) for k, v in keys.items()), default=0) + 5, 40)
+        for key, value in keys.items():
+            text = f"  {key} = {_toml(value)}"
+            note = comments.get((name, key), "")
+            lines.append(f"{text:<{width}} # {note}" if note else text)
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def curate_command(args: argparse.Namespace) -> int:
     if args.recipe == "train-quality":
         return train_quality_command(list(args.overrides))
+    if any(o in HELP_FLAGS for o in args.overrides):
+        print(recipe_help(args.recipe, [o for o in args.overrides if o not in HELP_FLAGS]), end="")
+        return 0
 
     config = parse_recipe(load_recipe(args.recipe, args.overrides))
     stats = run_curation(config)

@@ -1,20 +1,21 @@
 """Where curation tasks run: local processes, or a Ray cluster.
 
-A task is a picklable module-level function and its argument; it writes its outputs
-and returns a small JSON-able result. `run_tasks` writes a done-marker (holding that
-result) atomically after each task, and skips tasks whose marker exists, so a crashed
-run restarts where it stopped.
+A phase is a picklable object whose `run(task)` takes a task dataclass, writes its outputs
+and returns a small result dataclass of JSON-able fields. `run_tasks` writes a done-marker
+(holding that result) atomically after each task, and skips tasks whose marker exists, so
+a crashed run restarts where it stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from tqdm import tqdm
 
@@ -28,9 +29,23 @@ def write_json_atomic(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+_Task = TypeVar("_Task", contravariant=True)
+_Result = TypeVar("_Result", covariant=True)
+TaskT = TypeVar("TaskT")
+ResultT = TypeVar("ResultT")
+
+
+class Phase(Protocol[_Task, _Result]):
+    """One phase of a pipeline: `run` does one task; `result_type` rebuilds a result from its done-marker."""
+
+    result_type: type
+
+    def run(self, task: _Task) -> _Result: ...
+
+
 def _run_and_mark(fn: Callable[[Any], Any], arg: Any, marker: str) -> Any:
     result = fn(arg)
-    write_json_atomic(Path(marker), result)
+    write_json_atomic(Path(marker), dataclasses.asdict(result))
     return result
 
 
@@ -97,17 +112,17 @@ def make_engine(kind: str, workers: int = 0, ray_address: str = "", progress: bo
     return RayEngine(workers, ray_address, progress) if kind == "ray" else LocalEngine(workers, progress)
 
 
-def run_tasks(engine: LocalEngine | RayEngine, fn: Callable[[Any], Any], tasks: dict[str, Any], done_dir: Path,
-              desc: str) -> dict[str, Any]:
-    """Run `fn(arg)` for each named task not yet done; returns every task's result, old and new."""
+def run_tasks(engine: LocalEngine | RayEngine, phase: Phase[TaskT, ResultT], tasks: dict[str, TaskT], done_dir: Path,
+              desc: str) -> dict[str, ResultT]:
+    """Run `phase.run(task)` for each named task not yet done; returns every task's result, old and new."""
     results: dict[str, Any] = {}
     calls = []
-    for name, arg in tasks.items():
+    for name, task in tasks.items():
         marker = done_dir / f"{name}.json"
         if marker.exists():
-            results[name] = json.loads(marker.read_text())
+            results[name] = phase.result_type(**json.loads(marker.read_text()))
         else:
-            calls.append((name, (fn, arg, str(marker))))
+            calls.append((name, (phase.run, task, str(marker))))
     if calls:
         for (name, _), result in zip(calls, engine.map([c for _, c in calls], desc)):
             results[name] = result

@@ -1,7 +1,8 @@
 """MinHash LSH near-duplicate detection, vectorised with numpy.
 
 Documents become word n-gram shingles (lowercased, digits folded to 0, punctuation
-dropped, as in datatrove's `simplify_text`). Each shingle gets a stable 64-bit hash;
+dropped, as in datatrove's `simplify_text`; Chinese, Japanese, Thai and other scripts without
+spaces cut into dictionary words by `pasture.data.segment`). Each shingle gets a stable 64-bit hash;
 `bands * rows` hash functions `a*x + b (mod 2^64)` with odd `a` are applied to whole
 blocks of shingles at once and reduced with a per-document minimum, so the Python
 cost is one loop over documents, not over shingles x permutations. Each band of
@@ -26,15 +27,19 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from pasture.data import segment
+
 MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _SHINGLE_PRIME = np.uint64(0x100000001B3)
 ROWS_PER_BLOCK = 2048  # shingles hashed at once: 2048 x 112 uint64 = 1.8 MB, stays in cache
 
 
 def _word_table() -> dict[int, str]:
-    """str.translate table: punctuation, symbols, spaces and controls -> space, digits -> 0 (3x faster than a regex)."""
+    """str.translate table: punctuation, symbols, spaces and controls -> space, digits -> 0 (3x faster than a regex).
+
+    The whole Basic Multilingual Plane, so full-width CJK punctuation (U+FF0C and the like) separates words too."""
     table = {}
-    for cp in range(0x3100):
+    for cp in range(0x10000):
         category = unicodedata.category(chr(cp))
         if category == "Nd":
             table[cp] = "0"
@@ -69,9 +74,13 @@ def in_language(keys: np.ndarray, language: np.ndarray | int) -> np.ndarray:
     return np.where(keys == 0, np.uint64(0), moved)
 
 
+def _normalised_split(text: str) -> list[str]:
+    return text.translate(_WORD_TABLE).split()
+
+
 def words(text: str) -> list[str]:
-    """The normalised words shingles are made of."""
-    return text.lower().translate(_WORD_TABLE).split()
+    """The normalised words shingles are made of; scripts without spaces are cut into words by `segment`."""
+    return segment.words(text.lower(), spaced=_normalised_split)
 
 
 def shingles(text: str, ngram: int) -> set[tuple[str, ...]]:

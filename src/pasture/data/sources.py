@@ -10,12 +10,14 @@ reason and the run goes on.
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pasture.documents import DOCUMENT_SUFFIXES, Document, DocumentError, expand_inputs, read_documents
+from pasture.data.http_payload import PayloadError, decode_content, dechunk
 from pasture.errors import PastureError
 
 WARC_SUFFIXES = (".warc", ".warc.gz")
@@ -23,6 +25,8 @@ HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 INPUT_SUFFIXES = WARC_SUFFIXES + HTML_SUFFIXES + DOCUMENT_SUFFIXES
 FORMATS = ("auto", "warc", "html", "documents")
 HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml")
+# how an HTML document starts (after a BOM, blanks and comments), for bodies served without a Content-Type
+_HTML_START = re.compile(rb"(?:\xef\xbb\xbf)?(?:\s|<!--.*?-->)*<(?:!doctype\s+html|html|head|body)\b", re.I | re.S)
 
 
 @dataclass
@@ -110,21 +114,24 @@ def _declared_charset(content_type: str) -> str | None:
 
 
 def read_warc(path: Path) -> Iterator[RawDocument | ReadProblem]:
-    """HTTP responses with an HTML payload; other payloads are counted as `non_html_payload`.
+    """HTML pages from `response` records (HTTP) and `resource` records (the page alone).
 
-    Each record is handed out only once the next one parsed (or the file ended cleanly):
-    the record cut by a truncation is counted under the truncation, not as a document.
+    Other payloads are counted as `non_html_payload`, and unusable records with their reason
+    (`truncated_record`, `no_http_headers`, `http_redirect`, `http_error_status`, bad content
+    encodings). Each record is handed out only once the next one parsed (or the file ended
+    cleanly): the record cut by a truncated gzip is counted under the truncation, not as a document.
     """
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     stream = _TolerantGzip(path) if path.name.lower().endswith(".gz") else open(path, "rb")
     pending: RawDocument | ReadProblem | None = None
     try:
-        records = ArchiveIterator(stream, record_types=WarcRecordType.response, parse_http=True, stream_detect=False)
+        records = ArchiveIterator(stream, record_types=WarcRecordType.response | WarcRecordType.resource,
+                                  parse_http=True, stream_detect=False)
         for n, record in enumerate(records):
             if pending is not None:
                 yield pending
-            pending = _warc_item(path, n, record)
+            pending = _warc_item(path, n, record, is_response=record.record_type == WarcRecordType.response)
     finally:
         stream.close()
     if isinstance(stream, _TolerantGzip) and stream.error:
@@ -133,15 +140,46 @@ def read_warc(path: Path) -> Iterator[RawDocument | ReadProblem]:
         yield pending
 
 
-def _warc_item(path: Path, n: int, record) -> RawDocument | ReadProblem:
-    url = record.headers.get("WARC-Target-URI") or None
-    content_type = (record.http_headers.get("Content-Type") or "") if record.http_headers else ""
+def target_uri(value: str | None) -> str | None:
+    """`WARC-Target-URI` as a plain URL: WARC 1.0's grammar writes it in angle brackets, WARC 1.1 bare."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    return value or None
+
+
+def _warc_item(path: Path, n: int, record, is_response: bool) -> RawDocument | ReadProblem:
+    url = target_uri(record.headers.get("WARC-Target-URI"))
+    where = f"{path} record {n} ({url})"
+    if record.headers.get("Content-Length") is None or record.headers.get("WARC-Truncated"):
+        return ReadProblem("truncated_record", f"{where}: {record.headers.get('WARC-Truncated') or 'no length'}")
+    http = record.http_headers if is_response else None
+    if is_response and http is None:
+        return ReadProblem("no_http_headers", where)
+    if http is not None and not 200 <= http.status_code < 300:
+        reason = "http_redirect" if 300 <= http.status_code < 400 else "http_error_status"
+        return ReadProblem(reason, f"{where}: HTTP {http.status_code}")
+    headers = http if http is not None else record.headers
+    content_type = headers.get("Content-Type") or record.headers.get("WARC-Identified-Payload-Type") or ""
     mime = content_type.split(";")[0].strip().lower()
-    if mime not in HTML_CONTENT_TYPES:
-        return ReadProblem("non_html_payload", f"{path} record {n} ({url}): {mime or 'no content type'}")
+    if mime and mime not in HTML_CONTENT_TYPES:
+        return ReadProblem("non_html_payload", f"{where}: {mime}")
     payload = record.reader.read()
+    if len(payload) < record.content_length:
+        return ReadProblem("truncated_record", f"{where}: {len(payload)} of {record.content_length} bytes")
+    if http is not None:
+        if "chunked" in (http.get("Transfer-Encoding") or "").lower():
+            payload = dechunk(payload)
+        try:
+            payload = decode_content(payload, http.get("Content-Encoding") or "")
+        except PayloadError as e:
+            return ReadProblem(e.reason, f"{where}: {e}")
     if not payload.strip():
-        return ReadProblem("empty_payload", f"{path} record {n} ({url})")
+        return ReadProblem("empty_payload", where)
+    if not mime and not _HTML_START.match(payload[:1024]):  # no type given: HTML only when it says so itself
+        return ReadProblem("non_html_payload", f"{where}: no content type")
     record_id = record.headers.get("WARC-Record-ID") or f"{path.name}:{n}"
     meta = {"date": record.headers.get("WARC-Date"), "charset": _declared_charset(content_type)}
     return RawDocument(Document(id=record_id.strip("<>"), text="", url=url, source=path.name, meta=meta), html=payload)

@@ -292,9 +292,18 @@ class Transformer(nn.Module):
         """(Re)compute the rotary frequency buffer, which checkpoints do not store."""
         self.inv_freq = rope_inverse_frequencies(self.config, device=device)
 
+    def _apply(self, fn, recurse=True):
+        """`.to(dtype)`, `.bfloat16()` and the like cast every floating buffer; the rotary
+        frequencies must stay fp32 (in bf16, angles at position 8K are off by radians), so
+        they are recomputed in fp32 on whatever device the cast left them."""
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32:
+            self.init_rope(self.inv_freq.device)
+        return self
+
     def rope_angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [B, 1, T, head_dim] for integer positions [B, T]."""
-        angles = positions.float()[..., None] * self.inv_freq.float()
+        angles = positions.float()[..., None] * self.inv_freq
         angles = torch.cat((angles, angles), dim=-1)[:, None]
         return angles.cos(), angles.sin()
 

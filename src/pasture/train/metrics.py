@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,10 @@ class MetricsLog:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self._tb = None
+            except ImportError:  # tensorboard is optional; warnings shows this once per process
+                warnings.warn("log.tensorboard=true but tensorboard is not installed, so this run writes "
+                              "metrics.jsonl only: pip install 'pasture[tensorboard]', or set "
+                              "log.tensorboard=false", stacklevel=2)
 
     def _truncate_after(self, step: int) -> None:
         kept = []

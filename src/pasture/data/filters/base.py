@@ -11,14 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pasture.data import segment
 from pasture.documents import Document
 from pasture.errors import PastureError
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 
-# CJK ideographs and kana are words of one character each (those scripts have no spaces).
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-WORD_RE = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+(?:['’][^\W_{_CJK}]+)*")
 PARAGRAPH_SPLIT_RE = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 
 
@@ -67,7 +65,8 @@ class TextFeatures:
 
     @cached_property
     def words(self) -> list[str]:
-        return WORD_RE.findall(self.text)
+        """Words in every script (`pasture.data.segment`): ICU's dictionary words where there are no spaces."""
+        return segment.words(self.text)
 
     @cached_property
     def lower_words(self) -> list[str]:

