@@ -52,10 +52,16 @@ def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
     assert kept[0]["docs_in"] == len(list(iter_documents(src)))
     e = summary["evaluation"]
     assert 0 < e["val_bpb"] and 0 < e["unigram_bpb"] and e["bpb_vs_unigram"] == pytest.approx(e["val_bpb"] / e["unigram_bpb"])
+    assert set(summary["baselines"]) == {"unigram_bpb", "xz_bpb", "zstd_bpb", "zstd_dict_bpb"}
+    assert summary["val_bpb"] == e["val_bpb"] and summary["baselines"]["unigram_bpb"] == e["unigram_bpb"]
+    assert 0 < summary["baselines"]["zstd_dict_bpb"] < summary["baselines"]["zstd_bpb"]
+    assert summary["scaling"]["flops"] == 6 * e["matmul_params"] * summary["pretrain"]["tokens"]
     assert e["beats_unigram"] and e["bpb_vs_unigram"] < 1  # the model learned more than token frequencies
     assert len(summary["samples"]) == 3
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html and "Final metrics" in html
+    assert "against baselines" in html and "`xz -9e`" in (run / "report.md").read_text()
+    assert (run / "plots" / "scaling.png").stat().st_size > 10_000
     assert (run / "plots" / "loss.png").stat().st_size > 1000
     assert {p.stem for p in (run / "stages").glob("*.json")} == {
         "settings", "gather", "curate", "tokenizer", "tokenize", "pretrain", "evaluate", "sample"}

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("pasture.model.cli", "inspect model presets and checkpoints"),
     "convert": ("pasture.model.cli", "convert checkpoints between pasture, Hugging Face, Meta and GGUF layouts"),
     "eval": ("pasture.eval.cli", "evaluate a model on benchmarks (ARC, HellaSwag, MMLU, GSM8K, HumanEval, ...)"),
+    "scaling": ("pasture.scaling.cli", "scaling laws: IsoFLOP sweeps, Chinchilla fits (approaches 2 and 3), forecasts"),
 }
 
 

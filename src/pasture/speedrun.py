@@ -22,13 +22,18 @@ import numpy as np
 import torch
 
 from pasture import runs
+from pasture.baselines import compressor_baselines
 from pasture.data import recipe as curation
 from pasture.data.curate import run_curation
 from pasture.data.gather import default_roots, gather
 from pasture.data.sources import input_files
 from pasture.errors import PastureError
+from pasture.model.info import num_matmul_params
 from pasture.report.card import environment, write_report
 from pasture.runtime import resolve_device
+from pasture.scaling.laws import approach3, approach3_optimum, predicted_loss, read_points
+from pasture.scaling.plots import plot_isoflops
+from pasture.scaling.sweep import read_points_file
 from pasture.serve import Engine, SamplingParams
 from pasture.tokenizer import Tokenizer, train_tokenizer
 from pasture.train.loader import ValidationLoader
@@ -51,6 +56,9 @@ RUN_LAYOUT = {
     "report.md, report.html": "the report card (the HTML is self-contained)",
 }
 
+# the IsoFLOP sweep on the default sources that chose the tiny preset (benchmarks/RESULTS.md)
+SCALING_SWEEP = Path(__file__).resolve().parent / "recipes" / "scaling" / "tiny-isoflops.jsonl"
+
 PRESET_RECIPES = {"tiny": "tiny", "125m": "125m", "llama3.2-1b": "1b", "1b": "1b", "llama3.1-8b": "8b", "8b": "8b"}
 
 
@@ -62,7 +70,7 @@ class SpeedrunConfig:
     sources: list[str] = field(default_factory=list)  # files/globs; empty: text already on this machine
     max_bytes: int = 24_000_000
     vocab_size: int = 4096
-    val_fraction: float = 0.02
+    val_fraction: float = 0.1  # ~10x the held-out documents of 0.02: a bits/byte no single document dominates
     seed: int = 0
     curate: bool = True
     recipe_overrides: list[str] = field(default_factory=list)
@@ -214,7 +222,7 @@ def unigram_bits_per_byte(tokens_dir: Path) -> dict[str, float]:
 
 def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     device = resolve_device("auto")
-    model, _ = runs.load(cfg.run_dir / "train", device=device)
+    model, config = runs.load(cfg.run_dir / "train", device=device)
     val = TokenDataset(cfg.run_dir / "tokens", "val")
     seq_len = parse_recipe(json.loads((cfg.run_dir / "train" / "recipe.json").read_text())).train.seq_len
     loader = ValidationLoader(val, batch_size=8, seq_len=seq_len)
@@ -223,6 +231,12 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     metrics["bpb_vs_unigram"] = metrics["val_bpb"] / metrics["unigram_bpb"]
     metrics["beats_unigram"] = metrics["val_bpb"] < metrics["unigram_bpb"]
     metrics["weights"] = runs.describe(cfg.run_dir / "train")
+    compressors = compressor_baselines(cfg.run_dir / "tokens", cfg.run_dir / "tokenizer" / "tokenizer.model")
+    metrics["baselines"] = {"unigram_bpb": metrics["unigram_bpb"],
+                            **{k: compressors[k] for k in ("xz_bpb", "zstd_bpb", "zstd_dict_bpb")}}
+    metrics["matmul_params"] = num_matmul_params(config)  # the scaling sweep's parameter convention
+    metrics["val_documents"] = compressors["val_documents"]
+    metrics["largest_document_share"] = compressors["largest_document_share"]
     return metrics
 
 
@@ -265,6 +279,7 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
     trained = stages.run("pretrain", lambda: pretrain_stage(cfg))
     evaluation = stages.run("evaluate", lambda: evaluate_stage(cfg))
     samples = stages.run("sample", lambda: sample_stage(cfg))
+    scaling = scaling_position(trained["tokens_seen"], evaluation, run_dir / "plots")
 
     train_records = _train_records(run_dir / "train")
     summary = {
@@ -285,13 +300,37 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
             "final train loss": trained.get("final_loss"), "skipped steps": trained.get("skipped_steps"),
         },
         "evaluation": evaluation,
+        "val_bpb": evaluation["val_bpb"],
+        "baselines": evaluation.get("baselines"),
         "samples": samples["samples"],
+        "scaling": scaling,
         "layout": RUN_LAYOUT,
     }
     (run_dir / "speedrun.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     md, html = write_report(run_dir, summary)
     log(f"report: {md} and {html}")
     return summary
+
+
+def scaling_position(tokens: int, evaluation: dict[str, Any], plot_dir: Path) -> dict[str, Any] | None:
+    """Where this run sits against the IsoFLOP sweep that chose the tiny preset (shipped
+    beside its recipe): its budget, the approach-3 optimum at that budget, and a plot.
+    None for an evaluation recorded before parameters were counted the sweep's way."""
+    params = evaluation.get("matmul_params")
+    if params is None:
+        return None
+    flops = 6 * params * tokens
+    points = read_points(read_points_file(SCALING_SWEEP))
+    law = approach3(points)
+    optimum = approach3_optimum(law, flops)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    plot_isoflops(points, plot_dir / "scaling.png",
+                  {"tokens": tokens, "loss": evaluation["val_loss"], "label": f"this run ({flops:.2e} FLOPs)"})
+    return {"sweep": str(SCALING_SWEEP), "flops": flops, "matmul params": params, "tokens": tokens,
+            "tokens per param": tokens / params, "held-out loss": evaluation["val_loss"],
+            "approach 3 optimal params": round(optimum["params"]), "approach 3 optimal tokens": round(optimum["tokens"]),
+            "approach 3 loss at this run": predicted_loss(law, params, tokens),
+            "approach 3 loss at the optimum": optimum["loss"]}
 
 
 def _tokenizer_summary(tok: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="files, folders or globs of WARC, HTML, JSONL(.zst), Parquet or text instead of the default roots")
     p.add_argument("--max-bytes", type=byte_size, default="24M", help="text budget for the default roots (default 24M)")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE ranks of the trained tokenizer (default 4096)")
-    p.add_argument("--val-fraction", type=float, default=0.02, help="documents held out for evaluation (default 0.02)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="documents held out for evaluation (default 0.1)")
     p.add_argument("--no-curate", action="store_true", help="skip the curation pipeline")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt", action="append", default=None, help="sample prompt (repeatable)")

@@ -157,6 +157,24 @@ def build_markdown(summary: dict[str, Any], plots: list[Path], run_dir: Path) ->
     inloop = summary.get("in_loop_eval")
     if inloop:
         parts += ["## In-loop evaluation", "", inloop_table(inloop), ""]
+    baselines = (final or {}).get("baselines")
+    if baselines:
+        names = {"unigram_bpb": "unigram model of the training tokens", "xz_bpb": "`xz -9e`, each document alone",
+                 "zstd_bpb": "`zstd -19`, each document alone",
+                 "zstd_dict_bpb": "`zstd -19` with a dictionary trained on the training documents"}
+        rows = [("**this model**", _fmt(final["val_bpb"]), "")]
+        rows += [(names.get(k, k), _fmt(v), _fmt(final["val_bpb"] < v)) for k, v in baselines.items()]
+        parts += ["## Held-out bits per byte against baselines", "",
+                  f"{_fmt(final.get('val_documents'))} held-out documents; the largest holds "
+                  f"{_fmt(100 * final.get('largest_document_share', 0), 3)}% of their bytes.", "",
+                  _table(rows, ("", "bits/byte", "model beats it")), ""]
+    scaling = summary.get("scaling")
+    if scaling:
+        parts += ["## Scaling: where this model sits", "",
+                  "Against the IsoFLOP sweep that chose the tiny preset (`pasture scaling sweep` on the default "
+                  "sources); approach 3 is Chinchilla's L(N, D) fitted to the sweep's points. The sweep scored "
+                  "the first held-out batches of its own tokenization, this run all of its held-out split.", "",
+                  _table([(k, _fmt(v)) for k, v in scaling.items()], ("", "")), "", "![scaling](plots/scaling.png)", ""]
     samples = summary.get("samples")
     if samples:
         parts += ["## Samples", ""]

@@ -29,8 +29,14 @@ class OptimConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     fused: bool = True  # fused AdamW kernel on CUDA
+    # "adamw" | "muon": Muon (torch.optim.Muon, Newton-Schulz orthogonalised momentum) for the
+    # blocks' matrices, AdamW for embeddings, output head and norm gains
+    optimizer: str = "adamw"
+    muon_momentum: float = 0.95
 
     def validate(self, steps: int) -> None:
+        if self.optimizer not in ("adamw", "muon"):
+            raise PastureError(f"optim.optimizer must be adamw or muon, got {self.optimizer!r}")
         if self.schedule not in ("cosine", "wsd", "constant"):
             raise PastureError(f"optim.schedule must be cosine, wsd or constant, got {self.schedule!r}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -41,16 +47,55 @@ class OptimConfig:
             raise PastureError(f"optim.warmup_steps={self.warmup_steps} exceeds train.steps={steps}")
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on 2-D weights (matmuls, embeddings) and none on norm gains."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on 2-D weights (matmuls, embeddings) and none on norm gains;
+    with `optimizer = "muon"`, the transformer blocks' matrices move to Muon."""
+    decay, no_decay, matrices = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if cfg.optimizer == "muon" and p.ndim == 2 and "layers." in name:
+            matrices.append(p)
+        else:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     on_cuda = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                             fused=bool(cfg.fused and on_cuda))
+    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                              fused=bool(cfg.fused and on_cuda))
+    if not matrices:
+        return adamw
+    # Moonshot's RMS matching lets Muon take the learning rate and weight decay tuned for AdamW
+    muon = torch.optim.Muon([{"params": matrices, "weight_decay": cfg.weight_decay}], lr=cfg.lr,
+                            momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw")
+    return MuonWithAdamW(muon, adamw)
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Muon and AdamW as one optimizer: one list of parameter groups (the schedule sets every
+    group's `lr`) and one state, so checkpoints save and restore it like a single optimizer."""
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW) -> None:
+        self.muon, self.adamw = muon, adamw
+        super().__init__([*muon.param_groups, *adamw.param_groups], {})
+        self._share()
+
+    def _share(self) -> None:
+        """Point both inner optimizers at this optimizer's groups and state (again after loading)."""
+        n = len(self.muon.param_groups)
+        self.muon.param_groups, self.adamw.param_groups = self.param_groups[:n], self.param_groups[n:]
+        self.muon.state = self.adamw.state = self.state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "muon" in self.__dict__:  # load_state_dict replaced the groups and the state
+            self._share()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        self.muon.step()
+        self.adamw.step()
+        return loss
 
 
 def learning_rate(step: int, steps: int, cfg: OptimConfig, anneal_steps: int = 0) -> float:
