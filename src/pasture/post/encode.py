@@ -1,0 +1,261 @@
+"""Conversations to token ids with loss masks, packed or padded into training batches.
+
+The loss mask is what SFT trains on: every token an assistant message produces (its
+content, its tool calls, and its end-of-turn token, so the model learns to stop), and
+nothing else (system / user / tool-output turns, the role headers). Two encoders:
+
+- `Llama3Encoder`: Meta's Llama 3.1 dialog format (`pasture.tokenizer.ChatFormat`);
+- `TemplateEncoder`: a model's own Jinja chat template (ChatML, ...), rendered message by
+  message so each piece of text is known to belong to one turn; inside an assistant turn
+  the tokens after its end-of-turn token (ChatML's trailing newline) are masked too.
+
+`format_ids` are the formatting tokens (headers, end-of-turn, begin-of-text): DPO drops
+them from its log-prob sums, as Llama 3 did (`response_mask(..., mask_format_tokens=True)`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from pasture.post.data import BadRecord, Preference, Skipped
+from pasture.tokenizer.chat_format import ChatFormat, ChatFormatError, EncodedChat
+from pasture.tokenizer.tokenizer import Tokenizer
+from pasture.train.loss import IGNORE_INDEX
+
+Messages = Sequence[Mapping[str, Any]]
+
+
+class ChatEncoder(Protocol):
+    """What post-training needs from a chat format."""
+
+    format_ids: frozenset[int]  # header / end-of-turn / begin-of-text tokens
+    stop_ids: list[int]  # tokens that end an assistant turn when sampling
+    pad_id: int  # filler for padded rows (never read: padded positions are masked)
+
+    def encode(self, messages: Messages, add_generation_prompt: bool = False) -> EncodedChat: ...
+
+    def decode(self, tokens: Sequence[int]) -> str: ...
+
+
+class Llama3Encoder:
+    """Llama 3.1's dialog format with a tiktoken `Tokenizer`."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.chat = ChatFormat(tokenizer)
+        self.format_ids = frozenset({tokenizer.bos_id, tokenizer.start_header_id, tokenizer.end_header_id,
+                                     tokenizer.eot_id, tokenizer.eom_id})
+        self.stop_ids = [tokenizer.eot_id, tokenizer.eom_id, tokenizer.eos_id]
+        self.pad_id = tokenizer.pad_id
+
+    def encode(self, messages: Messages, add_generation_prompt: bool = False) -> EncodedChat:
+        return self.chat.encode_dialog_prompt(messages, add_generation_prompt=add_generation_prompt)
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode([t for t in tokens if t not in self.format_ids])
+
+
+def jinja_renderer(template: str, **context: Any) -> Callable[[Messages, bool], str]:
+    """`render(messages, add_generation_prompt)` for a Hugging Face style chat template;
+    `context` gives its other variables (bos_token, eos_token, ...)."""
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ChatFormatError(f"chat template: {message}")
+
+    def tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None,
+               sort_keys: bool = False) -> str:  # a plain string, as transformers renders it (jinja's is HTML-safe)
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.globals["raise_exception"] = raise_exception
+    env.filters["tojson"] = tojson
+    compiled = env.from_string(template)
+
+    def render(messages: Messages, add_generation_prompt: bool) -> str:
+        return compiled.render(messages=list(messages), add_generation_prompt=add_generation_prompt, **context)
+
+    return render
+
+
+class TemplateEncoder:
+    """A chat template (`render(messages, add_generation_prompt) -> text`) and a text encoder
+    that parses special tokens (`encode_text(text) -> ids`)."""
+
+    def __init__(self, render: Callable[[Messages, bool], str], encode_text: Callable[[str], list[int]],
+                 decode_tokens: Callable[[Sequence[int]], str], end_of_turn_ids: Sequence[int],
+                 format_ids: Sequence[int], pad_id: int) -> None:
+        self.render, self.encode_text, self.decode_tokens = render, encode_text, decode_tokens
+        self.end_of_turn_ids = frozenset(end_of_turn_ids)
+        self.format_ids = frozenset(format_ids) | self.end_of_turn_ids
+        self.stop_ids = list(end_of_turn_ids)
+        self.pad_id = pad_id
+
+    def _extend(self, encoded: EncodedChat, rendered: str, new_text: str, trained: bool) -> str:
+        if not new_text.startswith(rendered):
+            raise ChatFormatError("the chat template renders a conversation's prefix differently once more "
+                                  "messages follow; its turns cannot be told apart for the loss mask")
+        ids = self.encode_text(new_text[len(rendered):])
+        mask = [trained] * len(ids)
+        if trained:  # nothing after the turn's last end-of-turn token is the model's to produce
+            ends = [i for i, t in enumerate(ids) if t in self.end_of_turn_ids]
+            if ends:
+                mask[ends[-1] + 1:] = [False] * (len(ids) - ends[-1] - 1)
+        encoded.extend(EncodedChat(ids, mask))
+        return new_text
+
+    def encode(self, messages: Messages, add_generation_prompt: bool = False) -> EncodedChat:
+        encoded, rendered = EncodedChat([], []), ""
+        for i, message in enumerate(messages):
+            if message.get("role") == "assistant":
+                rendered = self._extend(encoded, rendered, self.render(messages[:i], True), False)
+            rendered = self._extend(encoded, rendered, self.render(messages[: i + 1], False),
+                                    message.get("role") == "assistant")
+        if add_generation_prompt:
+            self._extend(encoded, rendered, self.render(messages, True), False)
+        return encoded
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.decode_tokens([t for t in tokens if t not in self.format_ids])
+
+
+# ---------------------------------------------------------------- SFT: packed rows
+
+
+@dataclass
+class Example:
+    tokens: list[int]
+    loss_mask: list[bool]
+    score_index: int = -1  # a reward model's read-out position: the response's last token (its end of turn)
+
+
+def encode_conversations(encoder: ChatEncoder, conversations: Sequence[Messages], max_len: int,
+                         skipped: Skipped) -> list[Example]:
+    """Each conversation encoded with its loss mask; too long, unencodable or untrained ones
+    are counted in `skipped` (and the run stops when none is left)."""
+    examples = []
+    for n, messages in enumerate(conversations):
+        try:
+            encoded = encoder.encode(messages)
+            if len(encoded.tokens) > max_len:
+                raise BadRecord("too_long", f"{len(encoded.tokens)} tokens > context {max_len}")
+            if not any(encoded.loss_mask[1:]):
+                raise BadRecord("nothing_to_train", "no assistant token")
+        except ChatFormatError as e:
+            skipped.add(BadRecord("unencodable", str(e)), f"conversation {n}")
+            continue
+        except BadRecord as e:
+            skipped.add(e, f"conversation {n}")
+            continue
+        examples.append(Example(encoded.tokens, encoded.loss_mask))
+    skipped.kept = len(examples)
+    skipped.require_some("conversations after encoding")
+    return examples
+
+
+def pack(examples: Sequence[Example], seq_len: int, pad_id: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Conversations packed into [rows, seq_len] with per-token document ids, first-fit after a
+    seeded shuffle. Targets are the next token where the mask trains it, else IGNORE_INDEX; a
+    target never crosses a document boundary, and padding is a document of its own."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    rows: list[list[int]] = []  # example indices per row
+    free: list[int] = []
+    for i in order:
+        need = len(examples[i].tokens) - 1
+        slot = next((r for r, room in enumerate(free) if room >= need), None)
+        if slot is None:
+            rows.append([])
+            free.append(seq_len)
+            slot = len(rows) - 1
+        rows[slot].append(i)
+        free[slot] -= need
+    inputs = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), seq_len), IGNORE_INDEX, dtype=torch.long)
+    document_ids = torch.zeros((len(rows), seq_len), dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for doc, i in enumerate(members):
+            tokens = torch.tensor(examples[i].tokens)
+            mask = torch.tensor(examples[i].loss_mask)
+            n = len(tokens) - 1
+            inputs[r, at:at + n] = tokens[:-1]
+            targets[r, at:at + n] = torch.where(mask[1:], tokens[1:], IGNORE_INDEX)
+            document_ids[r, at:at + n] = doc
+            at += n
+        document_ids[r, at:] = len(members)
+    return {"inputs": inputs, "targets": targets, "document_ids": document_ids}
+
+
+# ---------------------------------------------------------------- preferences: padded pairs
+
+
+@dataclass
+class EncodedPair:
+    """One (better, worse) pair: each side is prompt + response tokens with the response's mask."""
+
+    chosen: Example
+    rejected: Example
+
+
+def response_mask(encoded: EncodedChat, prompt_len: int, format_ids: frozenset[int],
+                  mask_format_tokens: bool) -> list[bool]:
+    """The response's tokens (after the prompt), without the formatting tokens when asked."""
+    return [i >= prompt_len and trained and not (mask_format_tokens and token in format_ids)
+            for i, (token, trained) in enumerate(zip(encoded.tokens, encoded.loss_mask))]
+
+
+def encode_pairs(encoder: ChatEncoder, records: Sequence[Preference], max_len: int, skipped: Skipped,
+                 mask_format_tokens: bool = True) -> list[EncodedPair]:
+    """Every (better, worse) pair of every record (an edited response gives three pairs)."""
+    pairs = []
+    for n, record in enumerate(records):
+        try:
+            prompt_len = len(encoder.encode(record.prompt, add_generation_prompt=True).tokens)
+            sides = []
+            for response in record.responses:
+                encoded = encoder.encode([*record.prompt, response])
+                if len(encoded.tokens) > max_len:
+                    raise BadRecord("too_long", f"{len(encoded.tokens)} tokens > context {max_len}")
+                mask = response_mask(encoded, prompt_len, encoder.format_ids, mask_format_tokens)
+                if not any(mask):
+                    raise BadRecord("empty_response_tokens", "a response with no token left to score")
+                last = max(i for i, trained in enumerate(encoded.loss_mask) if trained)
+                sides.append(Example(encoded.tokens, mask, score_index=last))
+        except ChatFormatError as e:
+            skipped.add(BadRecord("unencodable", str(e)), f"record {n}")
+            continue
+        except BadRecord as e:
+            skipped.add(e, f"record {n}")
+            continue
+        pairs.extend(EncodedPair(sides[i], sides[j]) for i in range(len(sides)) for j in range(i + 1, len(sides)))
+    skipped.kept = len(pairs)
+    skipped.require_some("preference pairs after encoding")
+    return pairs
+
+
+def pad_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """A batch of 2P sequences, chosen rows first then rejected, right-padded to the longest.
+
+    `tokens` [2P, T] are the whole sequences (what a reward model reads), `inputs` /
+    `targets` [2P, T-1] the next-token view (targets IGNORE_INDEX outside the scored
+    response), `score_index` [2P] each response's last token (its end of turn), where a
+    reward model reads its score: never a pad, whatever the pad id is.
+    """
+    sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    width = max(len(s.tokens) for s in sides)
+    tokens = torch.full((len(sides), width), pad_id, dtype=torch.long)
+    scored = torch.zeros((len(sides), width), dtype=torch.bool)
+    for r, side in enumerate(sides):
+        tokens[r, :len(side.tokens)] = torch.tensor(side.tokens)
+        scored[r, :len(side.tokens)] = torch.tensor(side.loss_mask)
+    targets = torch.where(scored[:, 1:], tokens[:, 1:], IGNORE_INDEX)
+    return {"tokens": tokens, "inputs": tokens[:, :-1], "targets": targets,
+            "score_index": torch.tensor([s.score_index for s in sides])}
