@@ -9,8 +9,11 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
 from pasture.model import ModelConfig, build
-from pasture.post.encode import Llama3Encoder, TemplateEncoder, jinja_renderer
+from pasture.post.encode import Llama3Encoder, TemplateEncoder
+from pasture.post.models import template_encoder
 from pasture.tokenizer import Tokenizer
+
+USER_ASSISTANT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
 # ChatML as SmolLM2 / Qwen write it, with Qwen-style tool calls
 CHATML = (
@@ -45,9 +48,7 @@ def chatml_tokenizer() -> HFTokenizer:
 
 
 def chatml_encoder() -> TemplateEncoder:
-    tok = chatml_tokenizer()
-    return TemplateEncoder(jinja_renderer(CHATML), lambda text: tok.encode(text, add_special_tokens=False).ids,
-                           tok.decode, end_of_turn_ids=[257], format_ids=[256], pad_id=257)
+    return template_encoder(chatml_tokenizer(), CHATML, None, "<|im_end|>")
 
 
 def tiny_config(vocab: int = 512, **changes) -> ModelConfig:
