@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from post_fixtures import tiny_model
-from pasture.post.losses import bradley_terry_loss, dpo_loss, read_scores, sequence_logprobs, sft_loss
+from pasture.post.losses import bradley_terry_loss, dpo_loss, read_scores, sft_loss
 from pasture.post.reward_model import RewardModel
 from pasture.train.loss import IGNORE_INDEX
 
@@ -36,17 +36,6 @@ def test_dpo_policy_equal_reference_is_exactly_ln2():
     logps = torch.tensor([-12.25, -3.5, -40.0])
     terms = dpo_loss(logps, logps - 1, logps, logps - 1, torch.tensor(0.0), nll_weight=0.0)
     assert terms.loss.item() == torch.tensor(LN2).item()  # ln 2 in float32, exactly (TRL: 0.6931471824645996)
-
-
-def test_sequence_logprobs_match_log_softmax():
-    torch.manual_seed(0)
-    hidden, weight = torch.randn(2, 5, 8), torch.randn(11, 8)
-    targets = torch.tensor([[IGNORE_INDEX, 3, 4, IGNORE_INDEX, IGNORE_INDEX], [1, 2, 3, 4, 5]])
-    sums, counts = sequence_logprobs(hidden, weight, targets)
-    logp = (hidden @ weight.T).log_softmax(-1)
-    assert sums[0].item() == pytest.approx((logp[0, 1, 3] + logp[0, 2, 4]).item(), abs=1e-5)
-    assert sums[1].item() == pytest.approx(sum(logp[1, i, i + 1] for i in range(5)).item(), abs=1e-5)
-    assert counts.tolist() == [2, 5]
 
 
 def test_sft_accumulation_equals_one_big_batch():

@@ -246,8 +246,9 @@ def pad_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tens
 
     `tokens` [2P, T] are the whole sequences (what a reward model reads), `inputs` /
     `targets` [2P, T-1] the next-token view (targets IGNORE_INDEX outside the scored
-    response), `score_index` [2P] each response's last token (its end of turn), where a
-    reward model reads its score: never a pad, whatever the pad id is.
+    response), `lengths` [2P] each row's real input positions, `score_index` [2P] each
+    response's last token (its end of turn), where a reward model reads its score:
+    never a pad, whatever the pad id is.
     """
     sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     width = max(len(s.tokens) for s in sides)
@@ -258,4 +259,5 @@ def pad_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tens
         scored[r, :len(side.tokens)] = torch.tensor(side.loss_mask)
     targets = torch.where(scored[:, 1:], tokens[:, 1:], IGNORE_INDEX)
     return {"tokens": tokens, "inputs": tokens[:, :-1], "targets": targets,
+            "lengths": torch.tensor([len(s.tokens) - 1 for s in sides]),
             "score_index": torch.tensor([s.score_index for s in sides])}

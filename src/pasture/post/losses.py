@@ -17,25 +17,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pasture.train.loss import IGNORE_INDEX, cross_entropy_sum
+from pasture.train.loss import cross_entropy_sum
 
 
 def sft_loss(hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor,
              n_targets: int | torch.Tensor, chunk_tokens: int = 8192) -> torch.Tensor:
     """This micro-batch's share of the step's mean cross-entropy per target token."""
     return cross_entropy_sum(hidden, output_weight, targets, chunk_tokens) / n_targets
-
-
-def sequence_logprobs(hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of `targets` [N, T]: the summed log-probability of its non-ignored targets [N],
-    and those targets' count [N]. Only scored positions are projected to the vocabulary."""
-    valid = targets != IGNORE_INDEX
-    rows = valid.nonzero()[:, 0]
-    logits = hidden[valid].float() @ output_weight.float().T
-    token_logprobs = logits.log_softmax(-1).gather(1, targets[valid].unsqueeze(1)).squeeze(1)
-    sums = torch.zeros(targets.shape[0], dtype=token_logprobs.dtype, device=hidden.device)
-    return sums.index_add(0, rows, token_logprobs), valid.sum(1)
 
 
 def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor,
