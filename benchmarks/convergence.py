@@ -74,7 +74,7 @@ def short_run_overrides(tokens: Path, run_dir: Path, steps: int, seq: int, batch
     return [
         f"data.train={json.dumps([str(tokens)])}", f"log.dir={json.dumps(str(run_dir))}", "log.every=1",
         "log.progress=false", "log.tensorboard=false", f"train.steps={steps}", f"train.seq_len={seq}",
-        "train.seq_len_stages=[]", f"train.batch_size={batch}", "train.batch_ramp=[]", "train.micro_batch_size=0",
+        "train.seq_len_schedule=[]", f"train.batch_size={batch}", "train.batch_ramp=[]", "train.micro_batch_size=0",
         "train.anneal_steps=0", f"optim.warmup_steps={max(1, steps // 10)}", "checkpoint.every=0",
         "checkpoint.anneal_every=0", "checkpoint.final=false", "eval.every=0", "eval.batches=8", "eval.batch_size=4",
     ]
@@ -117,11 +117,11 @@ def plan_memory_gib(recipe: str, overrides: list[str], tokens: Path) -> float | 
     from pasture.model.info import GIB
     from pasture.train.parallel import Layout
     from pasture.train.plan import memory_plan
-    from pasture.train.pretrain import build_model_config, load_recipe
+    from pasture.train.recipe import build_model_config, load_recipe, parse_recipe
     from pasture.train.shards import TokenDataset
 
     try:
-        parsed, _ = load_recipe(recipe, overrides)
+        parsed = parse_recipe(load_recipe(recipe, overrides))
     except PastureError:
         return None
     t = parsed.train
@@ -136,10 +136,10 @@ def save_initial_weights(recipe: str, overrides: list[str], tokens: Path, folder
     single-process and FSDP paths draw their initial weights differently (DTensor has its own
     random streams), and the comparison is of execution paths, not of seeds."""
     from pasture.model import build, save
-    from pasture.train.pretrain import build_model_config, load_recipe
+    from pasture.train.recipe import build_model_config, load_recipe, parse_recipe
     from pasture.train.shards import TokenDataset
 
-    parsed, _ = load_recipe(recipe, overrides)
+    parsed = parse_recipe(load_recipe(recipe, overrides))
     config = build_model_config(parsed, TokenDataset(tokens).vocab_size)
     shutil.rmtree(folder, ignore_errors=True)
     return save(build(config, seed=parsed.train.seed), folder)

@@ -21,7 +21,7 @@ TORCHAO=torchao==0.18.0  # built for torch 2.11, the GPU image's (its __init__ w
 # the packages its llama3 package imports that the GPU image lacks; all pure Python, 1.7 MB
 TORCHTITAN=(torchtitan==0.2.2 torchdata==0.11.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
             tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.0)
-SHAPE=(train.seq_len=2048 'train.seq_len_stages=[]' 'train.batch_ramp=[]' train.batch_size=8 train.micro_batch_size=8)
+SHAPE=(train.seq_len=2048 'train.seq_len_schedule=[]' 'train.batch_ramp=[]' train.batch_size=8 train.micro_batch_size=8)
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 wheels() {  # into .whl, built for the GPU image's Python 3.12 on x86-64, without their dependencies

@@ -8,7 +8,8 @@ from pasture.data.documents import Document, write_documents
 from pasture.data.filters.quality import TextClassifier, train_quality_cli
 from pasture.data.filters.teacher import label_by_teacher
 from pasture.tokenizer import train_tokenizer
-from pasture.train.pretrain import load_recipe, pretrain
+from pasture.train.pretrain import pretrain
+from pasture.train.recipe import load_recipe, parse_recipe
 from pasture.train.tokenize import tokenize_documents
 
 
@@ -20,13 +21,13 @@ def test_teacher_labels_prose_high_and_salad_low(tmp_path):
     train_tokenizer(tmp_path / "prose.jsonl", 400, tmp_path / "tok", show_progress=False)
     tokenize_documents(tmp_path / "prose.jsonl", tmp_path / "tok", tmp_path / "tokens", workers=1,
                        val_fraction=0.05, progress=False)
-    recipe, raw = load_recipe("tiny", [
+    raw = load_recipe("tiny", [
         'data.train=["%s"]' % (tmp_path / "tokens"), 'log.dir="%s"' % (tmp_path / "teacher"),
         "model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.multiple_of=32",
         "train.steps=30", "train.anneal_steps=0", "train.batch_ramp=[]", "train.batch_size=8", "train.seq_len=64",
         "optim.warmup_steps=5", "eval.every=0", "checkpoint.every=30", "checkpoint.anneal_every=0",
         "log.progress=false", "log.tensorboard=false", "data.lanes=4"])
-    pretrain(recipe, raw, log=lambda *_: None)
+    pretrain(parse_recipe(raw), raw, log=lambda *_: None)
 
     positive, negative, stats = label_by_teacher(tmp_path / "mixed.jsonl", tmp_path / "teacher",
                                                  tmp_path / "teacher" / "tokenizer.model", fraction=0.3)

@@ -22,6 +22,7 @@ from pasture.cli import main  # noqa: E402
 from pasture.model.config import preset  # noqa: E402
 from pasture.train import checkpoint as ckpt  # noqa: E402
 from pasture.train.float8 import apply_float8  # noqa: E402
+from pasture.train.validation import evaluate  # noqa: E402
 
 RECIPES = ["rowwise", "tensorwise"]
 
@@ -127,7 +128,6 @@ def test_float8_under_selective_checkpointing_gives_the_same_losses(token_data, 
 
 
 def test_float8_checkpoint_loads_without_torchao_conversion(token_data, tmp_path):
-    from pasture.train import pretrain as pt
     from pasture.train.generate import SamplingParams, generate
     from pasture.train.loader import ValidationLoader
     from pasture.train.shards import TokenDataset
@@ -139,7 +139,7 @@ def test_float8_checkpoint_loads_without_torchao_conversion(token_data, tmp_path
     state, _ = ckpt.read_model_state(ckpt.latest_valid(run))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     # the float8-trained weights score about the same in plain fp32
-    val = pt.evaluate(model, ValidationLoader(TokenDataset(token_data, "val"), 4, 64, 4), torch.device("cpu"), None)
+    val = evaluate(model, ValidationLoader(TokenDataset(token_data, "val"), 4, 64, 4), torch.device("cpu"), None)
     assert val["val_loss"] == pytest.approx(summary["val_loss"], rel=0.01)
     model.eval()
     assert len(generate(model, [5, 8, 11], SamplingParams(max_tokens=8, temperature=0))) == 8

@@ -75,15 +75,16 @@ def test_pretrain_on_cuda_with_compile_bf16_flex_and_mfu(tmp_path):
     """The whole GPU training path end to end: autocast bf16, compiled blocks, FlexAttention
     with the document mask, fused AdamW; the loss falls and MFU is logged."""
     from pasture.train import pretrain as pt
+    from pasture.train.recipe import load_recipe, parse_recipe
     from pasture.train.metrics import read_metrics
 
     data = write_progressions(tmp_path / "tokens", 512, 400, 20, 200)
-    recipe, raw = pt.load_recipe("tiny", [
+    raw = load_recipe("tiny", [
         f"data.train=[\"{data}\"]", f"log.dir=\"{tmp_path / 'run'}\"", "log.progress=false", "log.tensorboard=false",
         "log.every=1", "train.seq_len=256", "train.batch_size=8", "train.batch_ramp=[]", "train.steps=30",
         "train.anneal_steps=0", "train.compile=true", "optim.lr=0.003", "optim.warmup_steps=3", "eval.every=0",
         "eval.batches=2", "checkpoint.every=100", "checkpoint.anneal_every=0", "model.vocab_size=512"])
-    pt.pretrain(recipe, raw, log=lambda *_: None)
+    pt.pretrain(parse_recipe(raw), raw, log=lambda *_: None)
     records = read_metrics(tmp_path / "run", "train")
     losses = [r["loss"] for r in records]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:3]) / 3

@@ -21,6 +21,7 @@ from pasture.model.config import preset
 from pasture.train import checkpoint as ckpt
 from pasture.train import parallel as par
 from pasture.train import pretrain as pt
+from pasture.train.recipe import build_model_config, check_batch_shapes, load_recipe, parse_recipe
 from pasture.train.metrics import read_metrics
 
 VOCAB = 256
@@ -53,8 +54,8 @@ def recipe_args(data, run_dir, init, *extra):
 
 
 def one_process(args):
-    recipe, raw = pt.load_recipe("tiny", args)
-    return pt.pretrain(recipe, raw, log=lambda *_: None)
+    raw = load_recipe("tiny", args)
+    return pt.pretrain(parse_recipe(raw), raw, log=lambda *_: None)
 
 
 def free_port() -> int:
@@ -254,12 +255,12 @@ def test_layout_arithmetic_and_coordinates():
     (["parallel.activation_checkpoint=\"some\""], 1, "activation_checkpoint must be one of"),
 ])
 def test_bad_layouts_fail_before_any_work(token_data, tmp_path, overrides, world, message):
-    recipe, _ = pt.load_recipe("tiny", recipe_args(token_data, tmp_path / "run", "", *overrides))
+    recipe = parse_recipe(load_recipe("tiny", recipe_args(token_data, tmp_path / "run", "", *overrides)))
     recipe.model.init_from = ""
-    config = pt.build_model_config(recipe, VOCAB)
+    config = build_model_config(recipe, VOCAB)
     with pytest.raises(par.ParallelConfigError, match=message.replace("*", r"\*")):
         layout = par.resolve_layout(recipe.parallel, world)
-        seq_lens = pt._batch_checks(recipe, layout)
+        seq_lens = check_batch_shapes(recipe, layout)
         par.validate(recipe.parallel, layout, config, seq_lens=seq_lens)
 
 

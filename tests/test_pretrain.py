@@ -16,6 +16,9 @@ from pasture.cli import main
 from pasture.errors import PastureError
 from pasture.train import checkpoint as ckpt
 from pasture.train import pretrain as pt
+from pasture.train import loop, runner
+from pasture.train.recipe import load_recipe, parse_recipe
+from pasture.train.validation import evaluate
 from pasture.train.metrics import read_metrics
 
 VOCAB = 300
@@ -35,8 +38,8 @@ def recipe_args(data, run_dir, *extra):
 
 
 def run_recipe(args):
-    recipe, raw = pt.load_recipe(args[0], args[1:])
-    return pt.pretrain(recipe, raw, log=lambda *_: None)
+    raw = load_recipe(args[0], args[1:])
+    return pt.pretrain(parse_recipe(raw), raw, log=lambda *_: None)
 
 
 def train_losses(run_dir):
@@ -144,7 +147,7 @@ def test_checkpoint_final_false_writes_no_checkpoint(token_data, tmp_path):
 
 
 def test_nan_steps_are_skipped_counted_and_stop_the_run(token_data, tmp_path, monkeypatch):
-    real = pt.cross_entropy_sum
+    real = runner.cross_entropy_sum
     calls = {"n": 0}
 
     def flaky(*args):
@@ -152,7 +155,7 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(token_data, tmp_path, mo
         loss = real(*args)
         return loss * float("nan") if calls["n"] in (3, 7, 8) else loss
 
-    monkeypatch.setattr(pt, "cross_entropy_sum", flaky)
+    monkeypatch.setattr(runner, "cross_entropy_sum", flaky)
     summary = run_recipe(recipe_args(token_data, tmp_path / "run", "train.steps=10", "checkpoint.every=5"))
     assert summary["skipped_steps"] == 3
     events = read_metrics(tmp_path / "run", "event")
@@ -160,9 +163,9 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(token_data, tmp_path, mo
     assert all(np.isfinite(loss) for _, loss in train_losses(tmp_path / "run") if _ not in (3, 7, 8))
 
     calls["n"] = 0
-    monkeypatch.setattr(pt, "cross_entropy_sum", lambda *args: real(*args) * (
+    monkeypatch.setattr(runner, "cross_entropy_sum", lambda *args: real(*args) * (
         float("nan") if (calls.__setitem__("n", calls["n"] + 1) or calls["n"]) > 4 else 1.0))
-    with pytest.raises(pt.TrainingDiverged, match="consecutive"):
+    with pytest.raises(loop.TrainingDiverged, match="consecutive"):
         run_recipe(recipe_args(token_data, tmp_path / "diverge", "train.steps=20", "checkpoint.every=2",
                                "train.max_bad_steps=3"))
     ckpt.validate(ckpt.latest_valid(tmp_path / "diverge"))
@@ -170,7 +173,7 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(token_data, tmp_path, mo
 
 
 def test_gradient_spike_is_skipped_with_its_reason(token_data, tmp_path, monkeypatch):
-    real = pt.cross_entropy_sum
+    real = runner.cross_entropy_sum
     calls = {"n": 0}
 
     def spiky(*args):
@@ -178,7 +181,7 @@ def test_gradient_spike_is_skipped_with_its_reason(token_data, tmp_path, monkeyp
         loss = real(*args)
         return loss * 1e4 if calls["n"] == 26 else loss  # a finite loss with an exploding gradient
 
-    monkeypatch.setattr(pt, "cross_entropy_sum", spiky)
+    monkeypatch.setattr(runner, "cross_entropy_sum", spiky)
     summary = run_recipe(recipe_args(token_data, tmp_path / "run", "train.steps=28", "checkpoint.every=28",
                                      "eval.batches=1"))
     events = read_metrics(tmp_path / "run", "event")
@@ -187,7 +190,7 @@ def test_gradient_spike_is_skipped_with_its_reason(token_data, tmp_path, monkeyp
 
 
 def test_step_guard_reasons_and_state():
-    from pasture.train.guard import StepGuard
+    from pasture.train.step_guard import StepGuard
 
     guard = StepGuard(max_grad_norm=100.0, spike_factor=5.0, window=4, min_history=3)
     assert guard.reason_to_skip(float("nan"), 1.0) == "non_finite_loss"
@@ -219,7 +222,7 @@ def test_annealing_averages_checkpoints(token_data, tmp_path):
     from pasture.train.shards import TokenDataset
 
     model, _ = pm.load(summary["averaged"])
-    val = pt.evaluate(model, ValidationLoader(TokenDataset(token_data, "val"), 4, 64, 2), torch.device("cpu"), None)
+    val = evaluate(model, ValidationLoader(TokenDataset(token_data, "val"), 4, 64, 2), torch.device("cpu"), None)
     assert val["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-6)
 
 
@@ -245,7 +248,7 @@ def test_checkpoint_loads_as_model_and_generates_same_with_and_without_cache(tok
 
 
 def test_schedules():
-    from pasture.train.schedule import OptimConfig, learning_rate, stage_value
+    from pasture.train.schedule import OptimConfig, learning_rate, schedule_value
 
     cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     lrs = [learning_rate(s, 100, cfg) for s in range(100)]
@@ -258,6 +261,6 @@ def test_schedules():
     assert annealed[:90] == [learning_rate(s, 100, cfg, 0) if s < 10 else annealed[s] for s in range(90)]
     assert annealed[-1] < annealed[-2] < annealed[90] and annealed[-1] > 0
     ramp = [[0, 4_000_000], [252_000_000, 8_000_000], [2_870_000_000_000, 16_000_000]]
-    assert [stage_value(ramp, t, "r") for t in (0, 251_999_999, 252_000_000, 3e12)] == [4e6, 4e6, 8e6, 16e6]
+    assert [schedule_value(ramp, t, "r") for t in (0, 251_999_999, 252_000_000, 3e12)] == [4e6, 4e6, 8e6, 16e6]
     with pytest.raises(PastureError):
-        stage_value([[5, 1]], 0, "train.batch_ramp")
+        schedule_value([[5, 1]], 0, "train.batch_ramp")

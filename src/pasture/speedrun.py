@@ -166,7 +166,8 @@ def tokenize_stage(cfg: SpeedrunConfig, docs: list[str], tokenizer_path: str) ->
 
 
 def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    from pasture.train.pretrain import load_recipe, pretrain
+    from pasture.train.pretrain import pretrain
+    from pasture.train.recipe import load_recipe, parse_recipe
 
     recipe_name = PRESET_RECIPES.get(cfg.preset)
     if recipe_name is None:
@@ -179,9 +180,9 @@ def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
         f'eval.prompts={json.dumps(cfg.prompts)}',
         *cfg.recipe_overrides,
     ]
-    recipe, raw = load_recipe(recipe_name, overrides)
+    raw = load_recipe(recipe_name, overrides)
     started = time.perf_counter()
-    summary = pretrain(recipe, raw)
+    summary = pretrain(parse_recipe(raw), raw)
     summary["wall_seconds"] = time.perf_counter() - started
     summary["recipe"] = recipe_name
     summary["overrides"] = cfg.recipe_overrides
@@ -212,7 +213,9 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
 
     from pasture.model import load
     from pasture.train.loader import ValidationLoader
-    from pasture.train.pretrain import evaluate, parse_recipe, resolve_device
+    from pasture.runtime import resolve_device
+    from pasture.train.recipe import parse_recipe
+    from pasture.train.validation import evaluate
     from pasture.train.shards import TokenDataset
 
     device = resolve_device("auto")
@@ -231,7 +234,7 @@ def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     from pasture.model import load
     from pasture.tokenizer import Tokenizer
     from pasture.train.generate import SamplingParams, generate
-    from pasture.train.pretrain import resolve_device
+    from pasture.runtime import resolve_device
 
     device = resolve_device("auto")
     model, _ = load(cfg.run_dir / "train", device=device)

@@ -365,3 +365,26 @@ def read_model_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     if config.tie_embeddings:
         weights.pop("output.weight", None)
     return weights, config
+
+
+# ---------------------------------------------------------------- annealing average (Llama 3 §3.4.3)
+
+
+ANNEAL_DIR = "anneal"
+AVERAGED_DIR = "averaged"
+
+
+def save_anneal_weights(run_dir: Path, step: int, model: torch.nn.Module, model_config: ModelConfig) -> Path:
+    """Keep this annealing step's weights for the final average (every rank writes its own shards)."""
+    return save_weights(Path(run_dir) / ANNEAL_DIR / f"step_{step:08d}", model, model_config)
+
+
+def average_anneal_weights(run_dir: Path, model: torch.nn.Module, model_config: ModelConfig, log=print) -> Path:
+    """Average the weights kept during annealing into the live model and write them to
+    `averaged/`; the run's final validation then scores the averaged model."""
+    out = Path(run_dir) / AVERAGED_DIR
+    folders = sorted((Path(run_dir) / ANNEAL_DIR).glob("step_*"))
+    average_weights_into(model, folders)
+    save_weights(out, model, model_config)
+    log(f"averaged {len(folders)} annealing checkpoints into {out}")
+    return out

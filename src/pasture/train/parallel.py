@@ -404,11 +404,13 @@ def apply_activation_checkpointing(model: nn.Module, cfg: ParallelConfig) -> Non
 # ---------------------------------------------------------------- FSDP
 
 
-def apply_fsdp(model: nn.Module, dp_mesh, param_dtype: torch.dtype | None, reshard_after_forward: bool) -> None:
-    """FSDP2 per transformer block and on the root; gradients reduced in fp32.
+def apply_fsdp(model: nn.Module, dp_mesh, param_dtype: torch.dtype | None, reshard_after_forward: bool,
+               root: nn.Module | None = None) -> None:
+    """FSDP2 per transformer block and on the model; gradients reduced in fp32.
 
-    The root (embedding, final norm, output projection) stays gathered after forward: the
-    chunked loss multiplies by `output.weight` outside the model's forward.
+    The model's own parameters (embedding, final norm, output projection) stay gathered
+    after forward: the chunked loss multiplies by `output.weight` outside the model's
+    forward. `root`: a module wrapping the model (a reward model's head), sharded last.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -416,6 +418,8 @@ def apply_fsdp(model: nn.Module, dp_mesh, param_dtype: torch.dtype | None, resha
     for block in model.layers:
         fully_shard(block, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=False)
+    if root is not None:
+        fully_shard(root, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=False)
 
 
 # ---------------------------------------------------------------- pipeline parallel

@@ -26,10 +26,10 @@ def _plan(args: argparse.Namespace) -> int:
     from pasture.model.config import preset
     from pasture.train import parallel
     from pasture.train.plan import render
-    from pasture.train.pretrain import build_model_config, load_recipe
-    from pasture.train.schedule import stage_value
+    from pasture.train.recipe import build_model_config, load_recipe, parse_recipe
+    from pasture.train.schedule import schedule_value
 
-    recipe, _ = load_recipe(args.recipe, args.overrides)
+    recipe = parse_recipe(load_recipe(args.recipe, args.overrides))
     cfg, t = recipe.parallel, recipe.train
     gpus = args.gpus
     if gpus is None:
@@ -38,7 +38,7 @@ def _plan(args: argparse.Namespace) -> int:
         gpus = cfg.dp_replicate * cfg.dp_shard * cfg.tp * cfg.cp * cfg.pp
     config = build_model_config(recipe, recipe.model.overrides.get("vocab_size", preset(recipe.model.preset).vocab_size))
     layout = parallel.resolve_layout(cfg, gpus)
-    seq_lens = [int(s) for _, s in t.seq_len_stages] if t.seq_len_stages else [t.seq_len]
+    seq_lens = [int(s) for _, s in t.seq_len_schedule] if t.seq_len_schedule else [t.seq_len]
     parallel.validate(cfg, layout, config, seq_lens=seq_lens)
     final_tokens = t.batch_ramp[-1][1] if t.batch_ramp else None
     seq_len = seq_lens[-1]

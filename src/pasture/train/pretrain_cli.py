@@ -40,10 +40,11 @@ def _register_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from pasture.train.pretrain import load_recipe, pretrain
+    from pasture.train.pretrain import pretrain
+    from pasture.train.recipe import load_recipe, parse_recipe
 
-    recipe, raw = load_recipe(args.recipe, args.overrides)
-    summary = pretrain(recipe, raw)
+    raw = load_recipe(args.recipe, args.overrides)
+    summary = pretrain(parse_recipe(raw), raw)
     line = f"done: {summary['steps']} steps, {summary['tokens_seen']:,} tokens, final loss {summary['final_loss']:.4f}"
     if "val_bpb" in summary:
         line += f", val loss {summary['val_loss']:.4f}, val bits/byte {summary['val_bpb']:.4f}"
@@ -88,7 +89,7 @@ def _generate(args: argparse.Namespace) -> int:
     from pasture.model import load
     from pasture.tokenizer import Tokenizer, resolve_tokenizer_path
     from pasture.train.generate import SamplingParams, generate
-    from pasture.train.pretrain import resolve_device
+    from pasture.runtime import resolve_device
 
     device = resolve_device(args.device)
     model, _ = load(args.checkpoint, device=device)

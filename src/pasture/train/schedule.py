@@ -84,23 +84,24 @@ def _main_schedule(step: int, steps: int, cfg: OptimConfig) -> float:
     return peak - (peak - floor) * (step - decay_start + 1) / decay_steps
 
 
-def stage_value(stages: list[list[float]], tokens_seen: int, what: str) -> int:
-    """The value of a staged setting (batch ramp, sequence length) once `tokens_seen` tokens are trained.
+def schedule_value(schedule: list[list[float]], tokens_seen: int, what: str) -> int:
+    """The value of a token-scheduled setting (batch ramp, sequence length) once `tokens_seen`
+    tokens are trained.
 
-    `stages` is a list of [tokens_threshold, value] pairs with increasing thresholds,
+    `schedule` is a list of [tokens_threshold, value] pairs with increasing thresholds,
     the first at 0; e.g. Llama 3 405B's batch ramp [[0, 4M], [252M, 8M], [2.87T, 16M]].
     """
-    validate_stages(stages, what)
-    value = stages[0][1]
-    for threshold, v in stages:
+    validate_schedule(schedule, what)
+    value = schedule[0][1]
+    for threshold, v in schedule:
         if tokens_seen >= threshold:
             value = v
     return int(value)
 
 
-def validate_stages(stages: list[list[float]], what: str) -> None:
-    if not stages or stages[0][0] != 0:
-        raise PastureError(f"{what} must start with a [0, value] entry, got {stages}")
-    thresholds = [s[0] for s in stages]
-    if any(len(s) != 2 for s in stages) or thresholds != sorted(thresholds):
-        raise PastureError(f"{what} must be [tokens, value] pairs with increasing tokens, got {stages}")
+def validate_schedule(schedule: list[list[float]], what: str) -> None:
+    if not schedule or schedule[0][0] != 0:
+        raise PastureError(f"{what} must start with a [0, value] entry, got {schedule}")
+    thresholds = [s[0] for s in schedule]
+    if any(len(s) != 2 for s in schedule) or thresholds != sorted(thresholds):
+        raise PastureError(f"{what} must be [tokens, value] pairs with increasing tokens, got {schedule}")

@@ -25,7 +25,7 @@ def teacher_losses(texts: Sequence[str], checkpoint: str | Path, tokenizer: str 
 
     from pasture.model import load
     from pasture.tokenizer import Tokenizer
-    from pasture.train.pretrain import resolve_device
+    from pasture.runtime import resolve_device
 
     dev = resolve_device(device)
     model, config = load(checkpoint, device=dev)
