@@ -14,7 +14,7 @@ import torch
 from pasture.errors import PastureError
 from pasture.model import save
 from pasture.post.models import load_encoder, load_model, save_encoder
-from pasture.post.reward_model import HEAD_FILE, has_reward_head
+from pasture.post.reward_model import read_head, save_head
 
 
 class ArchitectureMismatch(PastureError):
@@ -44,7 +44,7 @@ def average_models(specs: list[str], out: str | Path, log=print) -> Path:
     model, config = load_model(specs[0])
     reference = model.state_dict()
     sums = {name: t.double().clone() for name, t in reference.items()}
-    heads = [Path(s) / HEAD_FILE for s in specs if has_reward_head(s)]
+    heads = [head for head in map(read_head, specs) if head is not None]
     for spec in specs[1:]:
         other_model, other_config = load_model(spec)
         other = other_model.state_dict()
@@ -61,8 +61,7 @@ def average_models(specs: list[str], out: str | Path, log=print) -> Path:
     if heads:
         if len(heads) != len(specs):
             raise ArchitectureMismatch("some models have a reward head and some do not")
-        weights = [torch.load(h, weights_only=True)["weight"].double() for h in heads]
-        torch.save({"weight": (sum(weights) / len(weights)).float()}, Path(out) / HEAD_FILE)
+        save_head(sum(h.double() for h in heads) / len(heads), out)
     try:
         save_encoder(load_encoder(specs[0]), out)
     except PastureError as e:  # a preset without a tokenizer: the weights alone are still a model

@@ -18,6 +18,9 @@ from pasture.train.schedule import OptimConfig
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "post"
 REFERENCES = ("precomputed", "frozen")
+# fine-tuning, not pre-training: Llama 3's lr 1e-5, constant, no weight decay; a recipe's [optim] changes single keys
+OPTIM_DEFAULTS = {"lr": 1e-5, "warmup_steps": 0, "schedule": "constant", "weight_decay": 0.0,
+                  "betas": [0.9, 0.999], "eps": 1e-8}
 
 
 @dataclass
@@ -78,8 +81,7 @@ class PostRecipe:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=0, schedule="constant",
-                                                                    weight_decay=0.0, betas=[0.9, 0.999], eps=1e-8))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(**OPTIM_DEFAULTS))
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -90,6 +92,7 @@ class PostRecipe:
 
 def parse_recipe(raw: dict[str, Any]) -> PostRecipe:
     """A typed recipe; unknown keys and wrong types raise naming the key."""
+    raw = {**raw, "optim": {**OPTIM_DEFAULTS, **raw.get("optim", {})}}
     recipe = build_dataclass(PostRecipe, raw, "")
     for name in ("steps", "batch_size", "seq_len"):
         if getattr(recipe.train, name) <= 0:

@@ -4,7 +4,7 @@ The Transformer gets a scalar head (`RewardModel`), read at each response's end-
 token. Every ranked pair of a record is a training pair (edited > chosen > rejected gives
 three). A held-out share of the records (`data.heldout_fraction`) measures pairwise
 accuracy, before training and after (`summary.json`, and `val` rows of metrics.jsonl).
-The head is written as `reward_head.pt` beside the checkpoints.
+The head is in the checkpoints with the Transformer (`reward_model.load_reward_model`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ from torch import nn
 
 from pasture.post.data import Preference, Skipped, read_preferences
 from pasture.post.encode import ChatEncoder, EncodedPair, encode_pairs, pad_pairs
-from pasture.post.models import load_encoder, load_model
+from pasture.post.models import load_encoder
 from pasture.post.recipe import PostRecipe
 from pasture.post.reward_model import RewardModel
 from pasture.post.trainer import PostTask, heldout_split, run_task, starting_point, write_summary
-from pasture.runtime import rank_and_world
-from pasture.train import checkpoint as ckpt
 from pasture.train.task import Batch, LossOutput, ModelView
 
 
@@ -119,23 +117,5 @@ def reward(model_spec: str, data: list[str], out: str | Path, recipe: PostRecipe
         summary["heldout_accuracy"] = loop_summary.get("accuracy")
         log(f"held-out pairwise accuracy: {summary['heldout_before']['accuracy']:.3f} before, "
             f"{summary['heldout_accuracy']:.3f} after ({len(held)} pairs)")
-    save_reward_head(runner.module, run_dir)
     write_summary(run_dir, summary)
     return summary
-
-
-def save_reward_head(module: nn.Module, run_dir: Path) -> None:
-    """The head's weights beside the checkpoints (the Transformer is in them)."""
-    head = module.head.weight
-    full = head.full_tensor() if hasattr(head, "full_tensor") else head
-    if rank_and_world()[0] == 0:
-        torch.save({"weight": full.detach().float().cpu()}, Path(run_dir) / "reward_head.pt")
-
-
-def load_reward_model(spec: str | Path, device: str | torch.device = "cpu") -> RewardModel:
-    """A reward model from its run folder (or any folder holding a model and `reward_head.pt`)."""
-    transformer, _ = load_model(spec, device=device)
-    model = RewardModel(transformer)
-    folder = Path(spec)
-    model.load_head(folder if (folder / "reward_head.pt").is_file() else ckpt.resolve(folder))
-    return model.eval()

@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pasture.model import Transformer
+from pasture.errors import PastureError
+from pasture.model import Transformer, load
 from pasture.post.losses import read_scores
+from pasture.train import checkpoint as ckpt
 
 HEAD_FILE = "reward_head.pt"
 
@@ -47,16 +49,39 @@ class RewardModel(nn.Module):
         values = self.head(hidden).squeeze(-1).float()  # [N, T]
         return read_scores(values, score_index)
 
-    def save_head(self, folder: str | Path) -> Path:
-        path = Path(folder) / HEAD_FILE
-        torch.save({"weight": self.head.weight.detach().float().cpu()}, path)
-        return path
-
-    def load_head(self, folder: str | Path) -> None:
-        state = torch.load(Path(folder) / HEAD_FILE, weights_only=True)
-        with torch.no_grad():
-            self.head.weight.copy_(state["weight"].to(self.head.weight))
 
 
-def has_reward_head(folder: str | Path) -> bool:
-    return (Path(folder) / HEAD_FILE).is_file()
+def read_head(spec: str | Path) -> torch.Tensor | None:
+    """The head's weight [1, dim] of a reward model folder: `reward_head.pt` beside a plain model
+    (an averaged one), or the `head.weight` of a training run's / checkpoint's newest checkpoint;
+    None when `spec` has no reward head."""
+    folder = Path(spec)
+    if (folder / HEAD_FILE).is_file():
+        return torch.load(folder / HEAD_FILE, weights_only=True)["weight"]
+    if not ckpt.is_run_or_checkpoint(folder):
+        return None
+    import torch.distributed.checkpoint as dcp
+
+    checkpoint = ckpt.resolve(folder)
+    keys = dcp.FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata
+    if "model.head.weight" not in keys:
+        return None
+    head = torch.empty(keys["model.head.weight"].size)
+    dcp.load({"model": {"head.weight": head}}, checkpoint_id=str(checkpoint))
+    return head
+
+
+def load_reward_model(spec: str | Path, device: str | torch.device = "cpu") -> RewardModel:
+    """A reward model from its run or checkpoint folder, or a model folder with `reward_head.pt`."""
+    head = read_head(spec)
+    if head is None:
+        raise PastureError(f"{spec} is not a reward model (no reward head; train one with `pasture reward`)")
+    transformer, _ = load(spec, device=device)
+    model = RewardModel(transformer)
+    with torch.no_grad():
+        model.head.weight.copy_(head.to(model.head.weight))
+    return model.eval()
+
+
+def save_head(head: torch.Tensor, folder: str | Path) -> None:
+    torch.save({"weight": head.detach().float().cpu()}, Path(folder) / HEAD_FILE)

@@ -342,6 +342,17 @@ def resolve(path: Path) -> Path:
     return path
 
 
+def transformer_prefix(folder: Path) -> str:
+    """The parameter-name prefix of the Transformer in a checkpoint of a wrapped model (a reward
+    model's `transformer.`), '' for a plain one: read from the checkpoint's metadata."""
+    import torch.distributed.checkpoint as dcp
+
+    for key in dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata:
+        if key.startswith("model.") and key.endswith("tok_embeddings.weight"):
+            return key[len("model."):-len("tok_embeddings.weight")]
+    return ""
+
+
 def read_model_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """Model weights (unsharded, CPU) and config from a run or checkpoint folder, without a process group."""
     from pasture.model.llama import Transformer
@@ -356,12 +367,13 @@ def read_model_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
         model.output.weight = model.tok_embeddings.weight
     import torch.distributed.checkpoint as dcp
 
-    state = {"model": model.state_dict()}
+    prefix = transformer_prefix(folder)
+    state = {"model": {prefix + k: v for k, v in model.state_dict().items()}}
     try:
         dcp.load(state, checkpoint_id=str(folder))
     except Exception as e:
         raise CheckpointCorrupt(f"cannot read {folder}: {type(e).__name__}: {e}") from None
-    weights = dict(state["model"])
+    weights = {k[len(prefix):]: v for k, v in state["model"].items()}
     if config.tie_embeddings:
         weights.pop("output.weight", None)
     return weights, config
