@@ -3,10 +3,16 @@
 import pytest
 import torch
 
-from post_fixtures import CHATML, USER_ASSISTANT, chatml_tokenizer, llama3_encoder, tiny_config, tiny_model
+from post_fixtures import one_thread, CHATML, USER_ASSISTANT, chatml_tokenizer, llama3_encoder, tiny_config, tiny_model
 from pasture.model import load, save
 from pasture.post.average import ArchitectureMismatch, average_models
 from pasture.post.models import load_encoder, save_encoder, template_encoder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
 
 
 def test_average_is_the_mean_of_the_weights(tmp_path):

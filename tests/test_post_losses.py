@@ -6,12 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from post_fixtures import tiny_model
+from post_fixtures import one_thread, tiny_model
 from pasture.post.losses import bradley_terry_loss, dpo_loss, read_scores, sft_loss
 from pasture.post.reward_model import RewardModel
 from pasture.train.loss import IGNORE_INDEX
 
 LN2 = math.log(2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
 
 
 def test_bradley_terry_hand_values():

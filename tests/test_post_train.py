@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from post_fixtures import llama3_encoder, qa_conversations, qa_preferences, tiny_model, write_jsonl
+from post_fixtures import one_thread, llama3_encoder, qa_conversations, qa_preferences, tiny_model, write_jsonl
 from pasture.model import load, save
 from pasture.post.dpo import dpo
 from pasture.post.models import save_encoder
@@ -18,6 +18,12 @@ from pasture.post.sft import sft
 from pasture.train.metrics import read_metrics
 
 LN2_F32 = torch.tensor(math.log(2)).item()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
