@@ -128,7 +128,7 @@ def test_float8_under_selective_checkpointing_gives_the_same_losses(token_data, 
 
 
 def test_float8_checkpoint_loads_without_torchao_conversion(token_data, tmp_path):
-    from pasture.train.generate import SamplingParams, generate
+    from pasture.serve import Engine, SamplingParams
     from pasture.train.loader import ValidationLoader
     from pasture.train.shards import TokenDataset
 
@@ -142,7 +142,8 @@ def test_float8_checkpoint_loads_without_torchao_conversion(token_data, tmp_path
     val = evaluate(model, ValidationLoader(TokenDataset(token_data, "val"), 4, 64, 4), torch.device("cpu"), None)
     assert val["val_loss"] == pytest.approx(summary["val_loss"], rel=0.01)
     model.eval()
-    assert len(generate(model, [5, 8, 11], SamplingParams(max_tokens=8, temperature=0))) == 8
+    with Engine(model) as engine:
+        assert len(engine.generate([5, 8, 11], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0].token_ids) == 8
 
 
 def test_fsdp_float8_all_gather_on_two_ranks_matches_one_process_and_resumes(tmp_path):

@@ -49,13 +49,22 @@ def test_bf16_autocast_step_matches_fp32_loss_and_uses_fused_adamw():
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
 
 
-def test_kv_cache_decoding_on_cuda_equals_full_forward():
-    from pasture.train.generate import SamplingParams, generate
+def test_engine_on_cuda_equals_full_forward():
+    """Compiled decode with CUDA graphs (padded rows and keys) against cache-free forwards."""
+    from pasture.serve import Engine, SamplingParams
 
     model = pm.build(small_config(), device="cuda", seed=3).eval()
-    prompt = list(range(1, 20))
-    greedy = SamplingParams(max_tokens=24, temperature=0)
-    assert generate(model, prompt, greedy, use_cache=True) == generate(model, prompt, greedy, use_cache=False)
+    prompts = [list(range(1, 20)), list(range(5, 9)), [7]]
+    expected = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = list(prompt)
+            for _ in range(24):
+                ids.append(int(model(torch.tensor([ids], device="cuda"))[0, -1].argmax()))
+            expected.append(ids[len(prompt):])
+    with Engine(model, max_batch_size=4) as engine:
+        got = [r.token_ids for r in engine.generate(prompts, SamplingParams(max_tokens=24, temperature=0))]
+    assert got == expected
 
 
 def test_flex_attention_gradients_equal_masked_sdpa_on_cuda():

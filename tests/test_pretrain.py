@@ -228,7 +228,7 @@ def test_annealing_averages_checkpoints(token_data, tmp_path):
 
 def test_checkpoint_loads_as_model_and_generates_same_with_and_without_cache(token_data, tmp_path):
     from pasture import model as pm
-    from pasture.train.generate import SamplingParams, generate
+    from pasture.serve import Engine, SamplingParams
 
     run = tmp_path / "run"
     run_recipe(recipe_args(token_data, run, "train.steps=4", "checkpoint.every=4"))
@@ -236,13 +236,15 @@ def test_checkpoint_loads_as_model_and_generates_same_with_and_without_cache(tok
     assert config.vocab_size == VOCAB and config.dim == 64
     model.eval()
     prompt = [VOCAB - 2, 5, 8, 11]
-    for params in (SamplingParams(max_tokens=12, temperature=0), SamplingParams(max_tokens=12, temperature=0.9, seed=3)):
-        with_cache = generate(model, prompt, params, use_cache=True)
-        without = generate(model, prompt, params, use_cache=False)
-        assert with_cache == without and len(with_cache) == 12
+    without_cache = list(prompt)
+    with torch.no_grad():
+        for _ in range(12):
+            without_cache.append(int(model(torch.tensor([without_cache]))[0, -1].argmax()))
     greedy = SamplingParams(max_tokens=12, temperature=0)
-    first = generate(model, prompt, greedy)[0]
-    assert generate(model, prompt, greedy, stop_tokens={first}) == []
+    with Engine(model) as engine:
+        assert engine.generate(prompt, greedy)[0].token_ids == without_cache[len(prompt):]
+        first = without_cache[len(prompt)]
+        assert engine.generate(prompt, SamplingParams(max_tokens=12, temperature=0, stop_token_ids=[first]))[0].token_ids == []
     assert main(["convert", str(run), str(tmp_path / "hf"), "--to", "hf"]) == 0
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"] == VOCAB
 

@@ -60,9 +60,7 @@ def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
 
     generate = ["generate", str(run / "train"), "--prompt", "def ", "--max-tokens", "8", "--temperature", "0"]
     assert main(generate) == 0
-    cached = capsys.readouterr().out
-    assert main(generate + ["--no-cache"]) == 0
-    assert capsys.readouterr().out == cached and cached.startswith("def ")
+    assert capsys.readouterr().out.startswith("def ")
 
     assert main(args) == 0  # a rerun skips every finished stage
     assert capsys.readouterr().out.count("already done") == 7

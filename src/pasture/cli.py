@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "pasture.train.pretrain_cli",
     "pasture.train.parallel_cli",
     "pasture.model_cli",
+    "pasture.serve.cli",
 ]
 
 

@@ -232,20 +232,18 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
 
 def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     from pasture.model import load
+    from pasture.serve import Engine, SamplingParams
     from pasture.tokenizer import Tokenizer
-    from pasture.train.generate import SamplingParams, generate
     from pasture.runtime import resolve_device
 
     device = resolve_device("auto")
     model, _ = load(cfg.run_dir / "train", device=device)
-    model.eval()
     tokenizer = Tokenizer.load(cfg.run_dir / "tokenizer" / "tokenizer.model")
     params = SamplingParams(max_tokens=48, temperature=0.6, top_p=0.9, seed=cfg.seed)  # Meta's defaults
-    samples = []
-    for prompt in cfg.prompts:
-        ids = generate(model, tokenizer.encode(prompt, bos=True), params, set(tokenizer.stop_tokens))
-        samples.append({"prompt": prompt, "completion": tokenizer.decode(ids), "temperature": params.temperature,
-                        "top_p": params.top_p, "tokens": len(ids)})
+    with Engine(model, tokenizer, max_batch_size=max(1, len(cfg.prompts))) as engine:
+        results = engine.generate(list(cfg.prompts), params)
+    samples = [{"prompt": prompt, "completion": r.text, "temperature": params.temperature, "top_p": params.top_p,
+                "tokens": r.completion_tokens} for prompt, r in zip(cfg.prompts, results)]
     return {"samples": samples}
 
 

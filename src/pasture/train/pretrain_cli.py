@@ -1,4 +1,4 @@
-"""`pasture pretrain` and `pasture generate`."""
+"""`pasture pretrain`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_pretrain(sub)
-    _register_generate(sub)
 
 
 def shipped_recipes() -> list[str]:
@@ -52,27 +51,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "generate", help="sample text from a checkpoint",
-        description="Sample a continuation with a KV cache. CKPT is a run folder (its newest valid "
-        "checkpoint), a checkpoint folder, or a pasture / Hugging Face / Meta model folder.",
-    )
-    p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("--prompt", required=True, help="text to continue (a <|begin_of_text|> is prepended)")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer.model path or `llama3` (default: the one in the run or model folder)")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.6, help="0 for greedy")
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stop", type=int, nargs="*", default=None,
-                   help="stop token ids (default: the tokenizer's end-of-text, end-of-turn, end-of-message)")
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every token (slow; for checking)")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=_generate)
-
-
 def find_tokenizer(checkpoint: Path, explicit: str | None) -> str:
     """The tokenizer beside a model: explicit, in the folder, or in the run folder holding it."""
     from pasture.errors import PastureError
@@ -83,20 +61,3 @@ def find_tokenizer(checkpoint: Path, explicit: str | None) -> str:
         if (folder / "tokenizer.model").is_file():
             return str(folder / "tokenizer.model")
     raise PastureError(f"no tokenizer.model found with {checkpoint}; pass --tokenizer PATH (or `llama3`)")
-
-
-def _generate(args: argparse.Namespace) -> int:
-    from pasture.model import load
-    from pasture.tokenizer import Tokenizer, resolve_tokenizer_path
-    from pasture.train.generate import SamplingParams, generate
-    from pasture.runtime import resolve_device
-
-    device = resolve_device(args.device)
-    model, _ = load(args.checkpoint, device=device)
-    model.eval()
-    tokenizer = Tokenizer.load(resolve_tokenizer_path(find_tokenizer(Path(args.checkpoint), args.tokenizer)))
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    stop = set(args.stop) if args.stop is not None else set(tokenizer.stop_tokens)
-    ids = generate(model, tokenizer.encode(args.prompt, bos=True), params, stop, use_cache=not args.no_cache)
-    print(args.prompt + tokenizer.decode(ids))
-    return 0
