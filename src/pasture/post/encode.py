@@ -212,6 +212,22 @@ def response_mask(encoded: EncodedChat, prompt_len: int, format_ids: frozenset[i
             for i, (token, trained) in enumerate(zip(encoded.tokens, encoded.loss_mask))]
 
 
+def encode_response(encoder: ChatEncoder, prompt: Messages, response: Mapping[str, Any], max_len: int,
+                    mask_format_tokens: bool = True, prompt_len: int | None = None) -> Example:
+    """Prompt + one assistant response, the response's tokens marked, its end of turn as the
+    score position; BadRecord when it is too long or leaves nothing to score."""
+    if prompt_len is None:
+        prompt_len = len(encoder.encode(prompt, add_generation_prompt=True).tokens)
+    encoded = encoder.encode([*prompt, response])
+    if len(encoded.tokens) > max_len:
+        raise BadRecord("too_long", f"{len(encoded.tokens)} tokens > context {max_len}")
+    mask = response_mask(encoded, prompt_len, encoder.format_ids, mask_format_tokens)
+    if not any(mask):
+        raise BadRecord("empty_response_tokens", "a response with no token left to score")
+    last = max(i for i, trained in enumerate(encoded.loss_mask) if trained)
+    return Example(encoded.tokens, mask, score_index=last)
+
+
 def encode_pairs(encoder: ChatEncoder, records: Sequence[Preference], max_len: int, skipped: Skipped,
                  mask_format_tokens: bool = True) -> list[EncodedPair]:
     """Every (better, worse) pair of every record (an edited response gives three pairs)."""
@@ -219,16 +235,8 @@ def encode_pairs(encoder: ChatEncoder, records: Sequence[Preference], max_len: i
     for n, record in enumerate(records):
         try:
             prompt_len = len(encoder.encode(record.prompt, add_generation_prompt=True).tokens)
-            sides = []
-            for response in record.responses:
-                encoded = encoder.encode([*record.prompt, response])
-                if len(encoded.tokens) > max_len:
-                    raise BadRecord("too_long", f"{len(encoded.tokens)} tokens > context {max_len}")
-                mask = response_mask(encoded, prompt_len, encoder.format_ids, mask_format_tokens)
-                if not any(mask):
-                    raise BadRecord("empty_response_tokens", "a response with no token left to score")
-                last = max(i for i, trained in enumerate(encoded.loss_mask) if trained)
-                sides.append(Example(encoded.tokens, mask, score_index=last))
+            sides = [encode_response(encoder, record.prompt, response, max_len, mask_format_tokens, prompt_len)
+                     for response in record.responses]
         except ChatFormatError as e:
             skipped.add(BadRecord("unencodable", str(e)), f"record {n}")
             continue
@@ -242,15 +250,19 @@ def encode_pairs(encoder: ChatEncoder, records: Sequence[Preference], max_len: i
 
 
 def pad_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """A batch of 2P sequences, chosen rows first then rejected, right-padded to the longest.
+    """Chosen rows first, then rejected (see `pad_examples`)."""
+    return pad_examples([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
 
-    `tokens` [2P, T] are the whole sequences (what a reward model reads), `inputs` /
-    `targets` [2P, T-1] the next-token view (targets IGNORE_INDEX outside the scored
-    response), `lengths` [2P] each row's real input positions, `score_index` [2P] each
+
+def pad_examples(sides: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """A batch of N sequences right-padded to the longest.
+
+    `tokens` [N, T] are the whole sequences (what a reward model reads), `inputs` /
+    `targets` [N, T-1] the next-token view (targets IGNORE_INDEX outside the scored
+    response), `lengths` [N] each row's real input positions, `score_index` [N] each
     response's last token (its end of turn), where a reward model reads its score:
     never a pad, whatever the pad id is.
     """
-    sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     width = max(len(s.tokens) for s in sides)
     tokens = torch.full((len(sides), width), pad_id, dtype=torch.long)
     scored = torch.zeros((len(sides), width), dtype=torch.bool)

@@ -8,14 +8,19 @@ reading "the last non-pad token" breaks when the pad id equals eos, the classic 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from pasture.errors import PastureError
 from pasture.model import Transformer, load
+from pasture.post.data import BadRecord
+from pasture.post.encode import ChatEncoder, Messages, encode_response, pad_examples
 from pasture.post.losses import read_scores
+from pasture.tokenizer.chat_format import ChatFormatError
 from pasture.train import checkpoint as ckpt
 
 HEAD_FILE = "reward_head.pt"
@@ -85,3 +90,25 @@ def load_reward_model(spec: str | Path, device: str | torch.device = "cpu") -> R
 
 def save_head(head: torch.Tensor, folder: str | Path) -> None:
     torch.save({"weight": head.detach().float().cpu()}, Path(folder) / HEAD_FILE)
+
+
+@torch.no_grad()
+def score_responses(model: RewardModel, encoder: ChatEncoder, prompts: Sequence[Messages],
+                    responses: Sequence[Mapping[str, Any]], max_len: int = 4096, batch_size: int = 16) -> list[float]:
+    """The reward of each (prompt, response); a response that cannot be scored (too long,
+    empty) gets -inf, so it never wins a comparison."""
+    device = model.head.weight.device
+    scores = [float("-inf")] * len(responses)
+    examples = []
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        try:
+            examples.append((i, encode_response(encoder, prompt, response, max_len)))
+        except (BadRecord, ChatFormatError):
+            continue
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        batch = pad_examples([e for _, e in chunk], encoder.pad_id)
+        values = model(batch["tokens"].to(device), batch["score_index"].to(device)).float().cpu().tolist()
+        for (i, _), value in zip(chunk, values):
+            scores[i] = value
+    return scores
