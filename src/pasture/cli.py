@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "pasture.train.pretrain_cli",
     "pasture.train.parallel_cli",
     "pasture.model_cli",
+    "pasture.post.cli",
     "pasture.serve.cli",
 ]
 
@@ -42,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides"):  # `key=value` overrides may follow a command's options too
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
