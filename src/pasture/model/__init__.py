@@ -15,6 +15,7 @@ import torch
 
 from pasture.model.config import PRESETS, ConfigError, ModelConfig, RopeScaling, preset
 from pasture.model.convert import CheckpointError, read_checkpoint, write_checkpoint
+from pasture.model.gguf import is_gguf, read_gguf
 from pasture.model.llama import KVCache, Transformer
 
 __all__ = [
@@ -35,8 +36,8 @@ def build(config: ModelConfig, device: str | torch.device = "cpu", dtype: torch.
 
 def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
          attention_backend: str = "auto", seed: int = 0) -> tuple[Transformer, ModelConfig]:
-    """A model and its config from a preset name, or a pasture / Hugging Face / Meta checkpoint folder,
-    or a pre-training run's checkpoint folder."""
+    """A model and its config from a preset name, a pasture / Hugging Face / Meta checkpoint folder,
+    a pre-training run's checkpoint folder, or a llama GGUF file (dequantized)."""
     name = str(path_or_preset)
     if name in PRESETS and not Path(name).exists():
         config = preset(name)
@@ -56,6 +57,9 @@ def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: 
 
 def _read_any(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     from pasture.train import checkpoint as training_checkpoint
+
+    if path.suffix == ".gguf" or is_gguf(path):
+        return read_gguf(path)
 
     if training_checkpoint.is_run_or_checkpoint(path):
         return training_checkpoint.read_model_state(path)

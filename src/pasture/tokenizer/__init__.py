@@ -1,10 +1,13 @@
-"""Tokenizer stage: Llama 3 tiktoken BPE (load, encode, decode), chat format, BPE training.
+"""Tokenizer stage: Llama 3 tiktoken BPE (load, encode, decode), Hugging Face and GGUF
+tokenizers behind the same interface, chat format and templates, BPE training.
 
 Importing this package is cheap: tiktoken and tokenizers are imported when a
 tokenizer is loaded or trained.
 """
 
 from pasture.tokenizer.chat_format import ChatFormat, ChatFormatError, EncodedChat, Message, ToolCall
+from pasture.tokenizer.chat_template import ChatTemplate, chat_format_for
+from pasture.tokenizer.hf import HFTokenizer, as_hf_tokenizer
 from pasture.tokenizer.tokenizer import (
     LLAMA3_PATTERN,
     NUM_SPECIAL_TOKENS,
@@ -23,11 +26,15 @@ __all__ = [
     "SPECIAL_TOKEN_NAMES",
     "ChatFormat",
     "ChatFormatError",
+    "ChatTemplate",
     "EncodedChat",
+    "HFTokenizer",
     "Message",
     "ToolCall",
     "Tokenizer",
     "TokenizerError",
+    "as_hf_tokenizer",
+    "chat_format_for",
     "measure_compression",
     "read_bpe_ranks",
     "resolve_tokenizer_path",

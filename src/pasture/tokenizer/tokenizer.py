@@ -68,10 +68,12 @@ class TokenizerError(PastureError):
 
 
 def resolve_tokenizer_path(spec: str | os.PathLike) -> Path:
-    """Turn a `--tokenizer` value into a `tokenizer.model` path.
+    """Turn a `--tokenizer` value into a tokenizer file path.
 
-    `llama3` means Meta's Llama 3 file shipped in the `llama-models` package; a folder
-    means the `tokenizer.model` inside it (what `pasture tokenizer train` writes).
+    `llama3` means Meta's Llama 3 file shipped in the `llama-models` package; a file is taken
+    as it is (a tiktoken `tokenizer.model`, a `tokenizer.json` or a `.gguf`); a folder means the
+    first of `TOKENIZER_FILES` found in it, in its `tokenizer/` subfolder (a speedrun folder) or
+    its parents (a checkpoint inside a run folder), else its one `.gguf` file.
     """
     if str(spec) == LLAMA3_SPEC:
         try:
@@ -88,10 +90,27 @@ def resolve_tokenizer_path(spec: str | os.PathLike) -> Path:
         return path
     path = Path(spec)
     if path.is_dir():
-        path = path / "tokenizer.model"
+        return _tokenizer_in_folder(path)
     if not path.is_file():
         raise TokenizerError(f"tokenizer file {path} does not exist")
     return path
+
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
+def _tokenizer_in_folder(folder: Path) -> Path:
+    for place in (folder, folder / "tokenizer", folder.parent, folder.parent.parent):
+        for name in TOKENIZER_FILES:
+            if (place / name).is_file():
+                return place / name
+    ggufs = sorted(folder.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ggufs[0]
+    raise TokenizerError(
+        f"no tokenizer in {folder}: expected {' or '.join(TOKENIZER_FILES)} (here, in tokenizer/ or in a parent "
+        f"run folder) or exactly one .gguf file, found {len(ggufs)}"
+    )
 
 
 def read_bpe_ranks(path: str | os.PathLike) -> dict[bytes, int]:
@@ -185,6 +204,7 @@ class Tokenizer:
     def __init__(self, mergeable_ranks: dict[bytes, int], name: str = "tokenizer") -> None:
         import tiktoken
 
+        self.mergeable_ranks = mergeable_ranks
         self.num_base_tokens = len(mergeable_ranks)
         self.special_tokens: dict[str, int] = {
             token: self.num_base_tokens + i for i, token in enumerate(SPECIAL_TOKEN_NAMES)
@@ -205,12 +225,23 @@ class Tokenizer:
         self.start_header_id = self.special_tokens["<|start_header_id|>"]
         self.end_header_id = self.special_tokens["<|end_header_id|>"]
         self.stop_tokens = [self.eos_id, self.eom_id, self.eot_id]
+        self.add_bos = True  # Llama 3 prompts and documents start with <|begin_of_text|>
+        self.chat_template: str | None = None  # Llama 3 dialogs are encoded by ChatFormat
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
-        """Load a tiktoken-format `tokenizer.model` (or `llama3`, or a folder holding one)."""
+        """Any tokenizer pasture reads, by what `path` holds (see `resolve_tokenizer_path`):
+        a tiktoken `tokenizer.model` (or `llama3`), a Hugging Face `tokenizer.json`, a `.gguf`
+        file's embedded vocabulary, or a model / run folder holding one of them."""
         resolved = resolve_tokenizer_path(path)
-        return cls(read_bpe_ranks(resolved), name=str(resolved))
+        if resolved.name == "tokenizer.json" or resolved.suffix in (".json", ".gguf"):
+            # imported here: hf.py subclasses this class, so it cannot be imported at the top
+            from pasture.tokenizer.hf import HFTokenizer
+
+            if resolved.suffix == ".gguf":
+                return HFTokenizer.from_gguf(resolved)
+            return HFTokenizer.from_tokenizer_json(resolved)
+        return Tokenizer(read_bpe_ranks(resolved), name=str(resolved))
 
     @property
     def vocab_size(self) -> int:
