@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
 from pasture.model import ModelConfig, build
-from pasture.post.encode import Llama3Encoder, TemplateEncoder
-from pasture.post.models import template_encoder
+from pasture.post.encode import Llama3Encoder, TemplateEncoder, encoder_for
 from pasture.tokenizer import Tokenizer
+from pasture.tokenizer.hf import HFTokenizer
 
 USER_ASSISTANT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
@@ -52,17 +52,18 @@ def llama3_encoder() -> Llama3Encoder:
 
 
 def chatml_tokenizer() -> HFTokenizer:
-    """Byte-level BPE without merges plus ChatML's two special tokens (ids 256, 257)."""
+    """Byte-level BPE without merges plus ChatML's two special tokens (ids 256, 257), SmolLM2's
+    layout: <|im_end|> is both eos and pad (the pad = eos setup of the classic reward bug)."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = HFTokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok = BackendTokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
-    return tok
+    return HFTokenizer(json.loads(tok.to_str()), eos_id=257, pad_id=257, chat_template=CHATML, name="chatml-bytes")
 
 
 def chatml_encoder() -> TemplateEncoder:
-    return template_encoder(chatml_tokenizer(), CHATML, None, "<|im_end|>")
+    return encoder_for(chatml_tokenizer())
 
 
 def tiny_config(vocab: int = 512, **changes) -> ModelConfig:

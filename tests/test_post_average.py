@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from post_fixtures import one_thread, CHATML, USER_ASSISTANT, chatml_tokenizer, llama3_encoder, tiny_config, tiny_model
+from post_fixtures import one_thread, USER_ASSISTANT, chatml_encoder, llama3_encoder, tiny_config, tiny_model
 from pasture.model import load, save
 from pasture.post.average import ArchitectureMismatch, average_models
-from pasture.post.models import load_encoder, save_encoder, template_encoder
+from pasture.post.models import load_encoder, save_encoder
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,7 +41,7 @@ def test_average_refuses_different_architectures_naming_the_tensor(tmp_path):
 
 
 def test_template_encoder_round_trips_through_a_run_folder(tmp_path):
-    encoder = template_encoder(chatml_tokenizer(), CHATML, None, "<|im_end|>")
+    encoder = chatml_encoder()
     save_encoder(encoder, tmp_path)
     again = load_encoder(tmp_path)
     first, second = encoder.encode(USER_ASSISTANT), again.encode(USER_ASSISTANT)

@@ -99,7 +99,7 @@ def test_llama3_mask_token_by_token():
 def test_chatml_mask_token_by_token():
     tok = chatml_tokenizer()
     enc = chatml_encoder().encode(TOOL_DIALOG)
-    ids = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    ids = lambda s: tok.encode(s, allowed_special="all")  # noqa: E731
     start, end, nl = 256, 257, ids("\n")
     turn = lambda role, body: [start, *ids(role + "\n" + body), end, *nl]  # noqa: E731
     call = ids('<tool_call>brave_search {"query": "q"}</tool_call>')

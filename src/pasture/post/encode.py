@@ -5,9 +5,8 @@ content, its tool calls, and its end-of-turn token, so the model learns to stop)
 nothing else (system / user / tool-output turns, the role headers). Two encoders:
 
 - `Llama3Encoder`: Meta's Llama 3.1 dialog format (`pasture.tokenizer.ChatFormat`);
-- `TemplateEncoder`: a model's own Jinja chat template (ChatML, ...), rendered message by
-  message so each piece of text is known to belong to one turn; inside an assistant turn
-  the tokens after its end-of-turn token (ChatML's trailing newline) are masked too.
+- `TemplateEncoder`: a model's own Jinja chat template (ChatML, ...); inside an assistant
+  turn the tokens after its end-of-turn token (ChatML's trailing newline) are masked too.
 
 `format_ids` are the formatting tokens (headers, end-of-turn, begin-of-text): DPO drops
 them from its log-prob sums, as Llama 3 did (`response_mask(..., mask_format_tokens=True)`).
@@ -15,9 +14,8 @@ them from its log-prob sums, as Llama 3 did (`response_mask(..., mask_format_tok
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +23,7 @@ import torch
 
 from pasture.post.data import BadRecord, Preference, Skipped
 from pasture.tokenizer.chat_format import ChatFormat, ChatFormatError, EncodedChat
+from pasture.tokenizer.chat_template import ChatTemplate, chat_format_for
 from pasture.tokenizer.tokenizer import Tokenizer
 from pasture.train.loss import IGNORE_INDEX
 
@@ -61,69 +60,40 @@ class Llama3Encoder:
         return self.tokenizer.decode([t for t in tokens if t not in self.format_ids])
 
 
-def jinja_renderer(template: str, **context: Any) -> Callable[[Messages, bool], str]:
-    """`render(messages, add_generation_prompt)` for a Hugging Face style chat template;
-    `context` gives its other variables (bos_token, eos_token, ...)."""
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise ChatFormatError(f"chat template: {message}")
-
-    def tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None,
-               sort_keys: bool = False) -> str:  # a plain string, as transformers renders it (jinja's is HTML-safe)
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.globals["raise_exception"] = raise_exception
-    env.filters["tojson"] = tojson
-    compiled = env.from_string(template)
-
-    def render(messages: Messages, add_generation_prompt: bool) -> str:
-        return compiled.render(messages=list(messages), add_generation_prompt=add_generation_prompt, **context)
-
-    return render
-
-
 class TemplateEncoder:
-    """A chat template (`render(messages, add_generation_prompt) -> text`) and a text encoder
-    that parses special tokens (`encode_text(text) -> ids`)."""
+    """A model's own chat template (`pasture.tokenizer.ChatTemplate`). Its mask covers what each
+    assistant message adds after its generation prompt; here the tokens after that turn's
+    end-of-turn token (ChatML's trailing newline) are masked too: the model stops before them."""
 
-    def __init__(self, render: Callable[[Messages, bool], str], encode_text: Callable[[str], list[int]],
-                 decode_tokens: Callable[[Sequence[int]], str], end_of_turn_ids: Sequence[int],
-                 format_ids: Sequence[int], pad_id: int) -> None:
-        self.render, self.encode_text, self.decode_tokens = render, encode_text, decode_tokens
-        self.end_of_turn_ids = frozenset(end_of_turn_ids)
-        self.format_ids = frozenset(format_ids) | self.end_of_turn_ids
-        self.stop_ids = list(end_of_turn_ids)
-        self.pad_id = pad_id
-
-    def _extend(self, encoded: EncodedChat, rendered: str, new_text: str, trained: bool) -> str:
-        if not new_text.startswith(rendered):
-            raise ChatFormatError("the chat template renders a conversation's prefix differently once more "
-                                  "messages follow; its turns cannot be told apart for the loss mask")
-        ids = self.encode_text(new_text[len(rendered):])
-        mask = [trained] * len(ids)
-        if trained:  # nothing after the turn's last end-of-turn token is the model's to produce
-            ends = [i for i, t in enumerate(ids) if t in self.end_of_turn_ids]
-            if ends:
-                mask[ends[-1] + 1:] = [False] * (len(ids) - ends[-1] - 1)
-        encoded.extend(EncodedChat(ids, mask))
-        return new_text
+    def __init__(self, tokenizer: Tokenizer, template: ChatTemplate) -> None:
+        self.tokenizer, self.template = tokenizer, template
+        self.stop_ids = list(tokenizer.stop_tokens)
+        if not self.stop_ids:
+            raise ChatFormatError(f"{tokenizer.name}: no end-of-turn token (eos, <|eot_id|>, <|im_end|>, ...)")
+        self.format_ids = frozenset(tokenizer.special_tokens.values()) | frozenset(self.stop_ids)
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else self.stop_ids[0]
 
     def encode(self, messages: Messages, add_generation_prompt: bool = False) -> EncodedChat:
-        encoded, rendered = EncodedChat([], []), ""
-        for i, message in enumerate(messages):
-            if message.get("role") == "assistant":
-                rendered = self._extend(encoded, rendered, self.render(messages[:i], True), False)
-            rendered = self._extend(encoded, rendered, self.render(messages[: i + 1], False),
-                                    message.get("role") == "assistant")
-        if add_generation_prompt:
-            self._extend(encoded, rendered, self.render(messages, True), False)
+        encoded = self.template.encode_dialog_prompt(messages, add_generation_prompt=add_generation_prompt)
+        mask, stops = encoded.loss_mask, frozenset(self.stop_ids)
+        after_stop = False
+        for i, token in enumerate(encoded.tokens):
+            if not mask[i]:
+                after_stop = False
+            elif after_stop:
+                mask[i] = False
+            elif token in stops:
+                after_stop = True
         return encoded
 
     def decode(self, tokens: Sequence[int]) -> str:
-        return self.decode_tokens([t for t in tokens if t not in self.format_ids])
+        return self.tokenizer.decode([t for t in tokens if t not in self.format_ids])
+
+
+def encoder_for(tokenizer: Tokenizer) -> ChatEncoder:
+    """Llama 3's dialog format for a Llama 3 vocabulary, else the tokenizer's own chat template."""
+    chat = chat_format_for(tokenizer)
+    return Llama3Encoder(tokenizer) if isinstance(chat, ChatFormat) else TemplateEncoder(tokenizer, chat)
 
 
 # ---------------------------------------------------------------- SFT: packed rows
