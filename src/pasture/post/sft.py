@@ -44,7 +44,7 @@ def prepare(encoder: ChatEncoder, data: list[str], recipe: PostRecipe) -> tuple[
     max_len = min(recipe.data.max_len, recipe.train.seq_len + 1)
     examples = encode_conversations(encoder, conversations, max_len, skipped)
     rows = pack(examples, recipe.train.seq_len, encoder.pad_id, seed=recipe.data.seed)
-    report = {**skipped.as_dict(), "rows": len(rows["inputs"]),
+    report = {**skipped.as_dict(), "rows": len(rows["inputs"]), "input_tokens": sum(len(e.tokens) - 1 for e in examples),
               "target_tokens": int((rows["targets"] != IGNORE_INDEX).sum()),
               "fill": float((rows["targets"] != IGNORE_INDEX).float().mean())}
     return rows, report
