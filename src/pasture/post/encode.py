@@ -106,25 +106,33 @@ class Example:
     score_index: int = -1  # a reward model's read-out position: the response's last token (its end of turn)
 
 
+def _encode_each(items: Sequence[Any], encode_one, skipped: Skipped, label: str) -> list[Any]:
+    """`encode_one(item)` for each item; one that raises BadRecord (or cannot be encoded) is
+    counted in `skipped` under its reason instead."""
+    out = []
+    for n, item in enumerate(items):
+        try:
+            out.append(encode_one(item))
+        except ChatFormatError as e:
+            skipped.add(BadRecord("unencodable", str(e)), f"{label} {n}")
+        except BadRecord as e:
+            skipped.add(e, f"{label} {n}")
+    return out
+
+
 def encode_conversations(encoder: ChatEncoder, conversations: Sequence[Messages], max_len: int,
                          skipped: Skipped) -> list[Example]:
     """Each conversation encoded with its loss mask; too long, unencodable or untrained ones
     are counted in `skipped` (and the run stops when none is left)."""
-    examples = []
-    for n, messages in enumerate(conversations):
-        try:
-            encoded = encoder.encode(messages)
-            if len(encoded.tokens) > max_len:
-                raise BadRecord("too_long", f"{len(encoded.tokens)} tokens > context {max_len}")
-            if not any(encoded.loss_mask[1:]):
-                raise BadRecord("nothing_to_train", "no assistant token")
-        except ChatFormatError as e:
-            skipped.add(BadRecord("unencodable", str(e)), f"conversation {n}")
-            continue
-        except BadRecord as e:
-            skipped.add(e, f"conversation {n}")
-            continue
-        examples.append(Example(encoded.tokens, encoded.loss_mask))
+    def encode_one(messages: Messages) -> Example:
+        encoded = encoder.encode(messages)
+        if len(encoded.tokens) > max_len:
+            raise BadRecord("too_long", f"{len(encoded.tokens)} tokens > context {max_len}")
+        if not any(encoded.loss_mask[1:]):
+            raise BadRecord("nothing_to_train", "no assistant token")
+        return Example(encoded.tokens, encoded.loss_mask)
+
+    examples = _encode_each(conversations, encode_one, skipped, "conversation")
     skipped.kept = len(examples)
     skipped.require_some("conversations after encoding")
     return examples
@@ -201,19 +209,13 @@ def encode_response(encoder: ChatEncoder, prompt: Messages, response: Mapping[st
 def encode_pairs(encoder: ChatEncoder, records: Sequence[Preference], max_len: int, skipped: Skipped,
                  mask_format_tokens: bool = True) -> list[EncodedPair]:
     """Every (better, worse) pair of every record (an edited response gives three pairs)."""
-    pairs = []
-    for n, record in enumerate(records):
-        try:
-            prompt_len = len(encoder.encode(record.prompt, add_generation_prompt=True).tokens)
-            sides = [encode_response(encoder, record.prompt, response, max_len, mask_format_tokens, prompt_len)
-                     for response in record.responses]
-        except ChatFormatError as e:
-            skipped.add(BadRecord("unencodable", str(e)), f"record {n}")
-            continue
-        except BadRecord as e:
-            skipped.add(e, f"record {n}")
-            continue
-        pairs.extend(EncodedPair(sides[i], sides[j]) for i in range(len(sides)) for j in range(i + 1, len(sides)))
+    def encode_one(record: Preference) -> list[EncodedPair]:
+        prompt_len = len(encoder.encode(record.prompt, add_generation_prompt=True).tokens)
+        sides = [encode_response(encoder, record.prompt, response, max_len, mask_format_tokens, prompt_len)
+                 for response in record.responses]
+        return [EncodedPair(sides[i], sides[j]) for i in range(len(sides)) for j in range(i + 1, len(sides))]
+
+    pairs = [pair for pairs in _encode_each(records, encode_one, skipped, "record") for pair in pairs]
     skipped.kept = len(pairs)
     skipped.require_some("preference pairs after encoding")
     return pairs
