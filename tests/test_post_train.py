@@ -138,3 +138,28 @@ def test_dpo_frozen_reference_and_accumulation_agree(base, data, tmp_path):
     for a, b in zip(train_rows(tmp_path / "pre"), train_rows(tmp_path / "frozen")):
         for name in DPO_METRICS:
             assert a[name] == pytest.approx(b[name], abs=1e-5), name
+
+
+def test_reward_model_under_torchrun_fsdp_matches_one_process(base, data, tmp_path):
+    """Two gloo ranks (FSDP2 through the core, the head's wrapper included) give one process's
+    losses, rank 0 alone logging. (DPO and SFT match the same way; one launch keeps this short.)"""
+    import os
+    import subprocess
+    import sys
+
+    from test_parallel import free_port
+
+    common = ["train.steps=2", "train.batch_size=4", 'train.device="cpu"', "log.progress=false",
+              "optim.warmup_steps=0", "checkpoint.every=0", "optim.lr=3e-3", "data.heldout_fraction=0.25"]
+    for method in ("reward",):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+               "-m", "pasture.cli", method, base, "--data", data["prefs"], "--out", str(tmp_path / f"{method}-2"),
+               *common]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("done: 2 steps") == 1
+        r, raw = recipe(train__steps=2, train__batch_size=4)
+        {"dpo": dpo, "reward": reward}[method](base, [data["prefs"]], tmp_path / f"{method}-1", r, raw, log=quiet)
+        two, one = train_rows(tmp_path / f"{method}-2"), train_rows(tmp_path / f"{method}-1")
+        assert [x["loss"] for x in two] == pytest.approx([x["loss"] for x in one], abs=1e-5)

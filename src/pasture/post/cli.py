@@ -61,6 +61,7 @@ def _train(args: argparse.Namespace) -> int:
     from pasture.post.recipe import load_recipe
     from pasture.post.reward import reward
     from pasture.post.sft import sft
+    from pasture.post.trainer import log_main
 
     overrides = split_overrides(args, "data") + ([f'model.tokenizer="{args.tokenizer}"'] if args.tokenizer else [])
     recipe, raw = load_recipe(args.recipe, overrides)
@@ -70,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     for key in ("accuracy", "preference_accuracy", "reward_accuracy"):
         if key in summary:
             line += f", held-out {key.replace('_', ' ')} {summary[key]:.3f}"
-    print(line + f"; run folder {args.out}")
+    log_main(line + f"; run folder {args.out}")
     return 0
 
 

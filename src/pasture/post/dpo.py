@@ -30,7 +30,7 @@ from pasture.post.losses import dpo_loss
 from pasture.post.models import load_encoder
 from pasture.post.recipe import PostRecipe
 from pasture.post.reward import split_pairs
-from pasture.post.trainer import PlainModelView, PostTask, run_task, starting_point, write_summary
+from pasture.post.trainer import log_main, PlainModelView, PostTask, run_task, starting_point, write_summary
 from pasture.runtime import autocast, rank_and_world, resolve_device
 from pasture.train.recipe import autocast_dtype
 from pasture.train.task import Batch, LossOutput, ModelView
@@ -130,7 +130,7 @@ def preference_accuracy(logprobs: torch.Tensor, reference: torch.Tensor | None =
 
 
 def dpo(model_spec: str, data: list[str], out: str | Path, recipe: PostRecipe, raw_recipe: dict[str, Any],
-        log=print) -> dict[str, Any]:
+        log=log_main) -> dict[str, Any]:
     """DPO from `model_spec` on preference data; the run's summary."""
     run_dir = Path(out)
     d = recipe.dpo

@@ -22,7 +22,7 @@ from pasture.post.encode import ChatEncoder, EncodedPair, encode_pairs, pad_pair
 from pasture.post.models import load_encoder
 from pasture.post.recipe import PostRecipe
 from pasture.post.reward_model import RewardModel
-from pasture.post.trainer import PostTask, heldout_split, run_task, starting_point, write_summary
+from pasture.post.trainer import log_main, PostTask, heldout_split, run_task, starting_point, write_summary
 from pasture.train.task import Batch, LossOutput, ModelView
 
 
@@ -87,7 +87,7 @@ def split_pairs(encoder: ChatEncoder, records: list[Preference], recipe: PostRec
 
 
 def reward(model_spec: str, data: list[str], out: str | Path, recipe: PostRecipe, raw_recipe: dict[str, Any],
-           log=print) -> dict[str, Any]:
+           log=log_main) -> dict[str, Any]:
     """Train a reward model from `model_spec` on preference data; the run's summary."""
     run_dir = Path(out)
     encoder = load_encoder(model_spec, recipe.model.tokenizer or None)

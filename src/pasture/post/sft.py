@@ -18,7 +18,7 @@ from pasture.post.data import read_conversations
 from pasture.post.encode import ChatEncoder, encode_conversations, pack
 from pasture.post.models import load_encoder
 from pasture.post.recipe import PostRecipe
-from pasture.post.trainer import PostTask, run_task, starting_point, write_summary
+from pasture.post.trainer import log_main, PostTask, run_task, starting_point, write_summary
 from pasture.train.loss import IGNORE_INDEX
 from pasture.train.task import Batch, NextTokenObjective
 
@@ -51,7 +51,7 @@ def prepare(encoder: ChatEncoder, data: list[str], recipe: PostRecipe) -> tuple[
 
 
 def sft(model_spec: str, data: list[str], out: str | Path, recipe: PostRecipe, raw_recipe: dict[str, Any],
-        log=print) -> dict[str, Any]:
+        log=log_main) -> dict[str, Any]:
     """Fine-tune `model_spec` on the conversations in `data`; the run's summary."""
     run_dir = Path(out)
     encoder = load_encoder(model_spec, recipe.model.tokenizer or None)

@@ -37,6 +37,12 @@ from pasture.train.runner import Runner, RunnerSpec, build_runner
 from pasture.train.task import Batch, MicroBatching, Objective, StepBatches
 
 
+def log_main(*values: Any) -> None:
+    """`print` on the first rank only (every rank runs the same post-training code)."""
+    if rank_and_world()[0] == 0:
+        print(*values, flush=True)
+
+
 class ItemStream:
     """Item indices in a seeded permutation per epoch, epoch after epoch; resumable."""
 
