@@ -153,7 +153,8 @@ def dpo(model_spec: str, data: list[str], out: str | Path, recipe: PostRecipe, r
     if d.reference == "frozen":
         frozen = start.requires_grad_(False)
     else:
-        reference = _cached_reference(run_dir, view, train_pairs, encoder.pad_id, device, dtype, log)
+        reference = _cached_reference(run_dir, view, train_pairs, encoder.pad_id, device, dtype, log,
+                                      recipe.log.progress)
     del start, view
     objective = DPOObjective(d.beta, d.nll_weight, frozen)
     task = DPOTask(train_pairs, reference, encoder, objective, recipe.train.batch_size, recipe.data.seed, report)
@@ -176,7 +177,7 @@ def dpo(model_spec: str, data: list[str], out: str | Path, recipe: PostRecipe, r
 
 
 def _cached_reference(run_dir: Path, view: ModelView, pairs: list[EncodedPair], pad_id: int, device, dtype,
-                      log) -> torch.Tensor:
+                      log, progress: bool = True) -> torch.Tensor:
     """The reference pass, or its saved result when resuming on the same data."""
     path = run_dir / REFERENCE_FILE
     digest = _pairs_digest(pairs)
@@ -185,7 +186,7 @@ def _cached_reference(run_dir: Path, view: ModelView, pairs: list[EncodedPair], 
         if saved.get("digest") == digest:
             return saved["logprobs"]
         log(f"{path} was computed for other data; recomputing")
-    logprobs = pair_logprobs(view, pairs, pad_id, device, dtype, desc="reference log-probs")
+    logprobs = pair_logprobs(view, pairs, pad_id, device, dtype, desc="reference log-probs" if progress else "")
     if rank_and_world()[0] == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.save({"digest": digest, "logprobs": logprobs}, path)

@@ -38,6 +38,7 @@ class RejectionConfig:
     seed: int = 0
     batch_size: int = 16  # sequences the engine decodes together
     device: str = "auto"
+    progress: bool = True
 
 
 def with_system_prompt(messages: list[dict[str, Any]], index: int, system_prompts: list[str]) -> list[dict[str, Any]]:
@@ -70,7 +71,7 @@ def rejection_sample(model_spec: str, reward_spec: str, prompts_path: list[str],
                                          top_p=config.top_p, seed=config.seed * 1_000_003 + i * config.k + j))
     log(f"sampling {config.k} responses for each of {len(prompts)} prompts")
     with Engine(model.eval(), max_batch_size=config.batch_size, stop_token_ids=encoder.stop_ids) as engine:
-        results = engine.generate(requests, params, progress=True)
+        results = engine.generate(requests, params, progress=config.progress)
     del model, engine
     responses = [{"role": "assistant", "content": encoder.decode(r.token_ids).strip()} for r in results]
     finished = [r.finish_reason == "stop" for r in results]
