@@ -18,6 +18,7 @@ from token_data import write_progressions  # noqa: E402
 from torchao.float8.float8_linear import Float8Linear  # noqa: E402
 
 from pasture import model as pm  # noqa: E402
+from pasture import runs  # noqa: E402
 from pasture.cli import main  # noqa: E402
 from pasture.model.config import preset  # noqa: E402
 from pasture.train import checkpoint as ckpt  # noqa: E402
@@ -134,7 +135,7 @@ def test_float8_checkpoint_loads_without_torchao_conversion(token_data, tmp_path
 
     run = tmp_path / "run"
     summary = run_recipe(recipe_args(token_data, run, "train.steps=8", "checkpoint.every=8", "train.float8=rowwise"))
-    model, _ = pm.load(run)
+    model, _ = runs.load(run)
     assert not any(isinstance(m, Float8Linear) for m in model.modules())
     state, _ = ckpt.read_model_state(ckpt.latest_valid(run))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
@@ -162,5 +163,5 @@ def test_fsdp_float8_all_gather_on_two_ranks_matches_one_process_and_resumes(tmp
     shutil.rmtree(ckpt.step_dir(resumed, 4))
     gloo.run_distributed(2, gloo.recipe_args(data, resumed, init, *extra, "resume=\"auto\""))
     assert gloo.losses(resumed) == gloo.losses(tmp_path / "fsdp")
-    model, _ = pm.load(tmp_path / "fsdp")  # sharded float8 weights load as a plain model
+    model, _ = runs.load(tmp_path / "fsdp")  # sharded float8 weights load as a plain model
     assert not any(isinstance(m, Float8Linear) for m in model.modules())

@@ -14,10 +14,12 @@ import sys
 import numpy as np
 import pytest
 from token_data import write_progressions
+import torch
 
 from pasture.cli import main
 from pasture.model import build, save
 from pasture.model.config import preset
+from pasture.model.llama import Transformer
 from pasture.train import checkpoint as ckpt
 from pasture.train import parallel as par
 from pasture.train import pretrain as pt
@@ -225,6 +227,23 @@ def test_checkpoint_from_fsdp_resumes_under_another_layout(token_data, tmp_path,
     got = dict(losses(run))
     assert sorted(got) == [1, 2, 3, 4]
     np.testing.assert_allclose(got[4], want[4], rtol=TOLERANCE)
+
+
+def test_pipeline_stages_chained_run_the_models_own_forward():
+    """Each stage is the model with the other stages' layers deleted; chained, the stages give
+    the whole model's hidden states exactly (one forward, in model/llama.py)."""
+    model = build(preset("tiny").replace(dim=64, n_layers=5, n_heads=4, n_kv_heads=2, multiple_of=32,
+                                         vocab_size=VOCAB, tie_embeddings=False), seed=3)
+    tokens = torch.randint(0, VOCAB, (2, 24))
+    document_ids = torch.tensor([[0] * 10 + [1] * 14, [0] * 24])
+    ranges = par.stage_layer_ids(5, 3)
+    stages = [par.PipelineStageModule(model, r, first=i == 0, last=i == 2) for i, r in enumerate(ranges)]
+    assert all(isinstance(s, Transformer) for s in stages)  # the model's forward, not a second one
+    assert [list(s.layers._modules) for s in stages] == [[str(i) for i in r] for r in ranges]
+    h = tokens
+    for stage in stages:
+        h = stage(h, document_ids)
+    assert torch.equal(h, model(tokens, document_ids, return_hidden=True))
 
 
 def test_layout_arithmetic_and_coordinates():

@@ -16,6 +16,7 @@ from pasture.cli import main
 from pasture.errors import PastureError
 from pasture.train import checkpoint as ckpt
 from pasture.train import pretrain as pt
+from pasture import runs
 from pasture.train import loop, runner
 from pasture.train.recipe import load_recipe, parse_recipe
 from pasture.train.validation import evaluate
@@ -217,11 +218,10 @@ def test_annealing_averages_checkpoints(token_data, tmp_path):
     key = "layers.0.attention.wq.weight"
     torch.testing.assert_close(averaged[key], (states[0][key] + states[1][key]) / 2)
     # the final validation scores the averaged model
-    from pasture import model as pm
     from pasture.train.loader import ValidationLoader
     from pasture.train.shards import TokenDataset
 
-    model, _ = pm.load(summary["averaged"])
+    model, _ = runs.load(summary["averaged"])
     val = evaluate(model, ValidationLoader(TokenDataset(token_data, "val"), 4, 64, 2), torch.device("cpu"), None)
     assert val["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-6)
 
@@ -232,8 +232,10 @@ def test_checkpoint_loads_as_model_and_generates_same_with_and_without_cache(tok
 
     run = tmp_path / "run"
     run_recipe(recipe_args(token_data, run, "train.steps=4", "checkpoint.every=4"))
-    model, config = pm.load(run)
+    model, config = runs.load(run)
     assert config.vocab_size == VOCAB and config.dim == 64
+    final, _ = pm.load(run)  # a finished run's final model (here its last checkpoint)
+    assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), model.state_dict().values()))
     model.eval()
     prompt = [VOCAB - 2, 5, 8, 11]
     without_cache = list(prompt)

@@ -211,7 +211,7 @@ def unigram_bits_per_byte(tokens_dir: Path) -> dict[str, float]:
 def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     import torch
 
-    from pasture.model import load
+    from pasture.runs import describe, load
     from pasture.train.loader import ValidationLoader
     from pasture.runtime import resolve_device
     from pasture.train.recipe import parse_recipe
@@ -227,11 +227,12 @@ def evaluate_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     metrics.update(unigram_bits_per_byte(cfg.run_dir / "tokens"))
     metrics["bpb_vs_unigram"] = metrics["val_bpb"] / metrics["unigram_bpb"]
     metrics["beats_unigram"] = metrics["val_bpb"] < metrics["unigram_bpb"]
+    metrics["weights"] = describe(cfg.run_dir / "train")
     return metrics
 
 
 def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
-    from pasture.model import load
+    from pasture.runs import describe, load
     from pasture.serve import Engine, SamplingParams
     from pasture.tokenizer import Tokenizer
     from pasture.runtime import resolve_device
@@ -244,7 +245,7 @@ def sample_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
         results = engine.generate(list(cfg.prompts), params)
     samples = [{"prompt": prompt, "completion": r.text, "temperature": params.temperature, "top_p": params.top_p,
                 "tokens": r.completion_tokens} for prompt, r in zip(cfg.prompts, results)]
-    return {"samples": samples}
+    return {"samples": samples, "weights": describe(cfg.run_dir / "train")}
 
 
 # ---------------------------------------------------------------- the job

@@ -244,7 +244,12 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Llama 3. `forward(tokens)` returns fp32 logits [batch, seq, vocab]."""
+    """Llama 3. `forward(tokens)` returns fp32 logits [batch, seq, vocab].
+
+    A copy holding only some of the layers runs the same forward (a pipeline stage): without
+    `tok_embeddings` it takes hidden states [batch, seq, dim] as input, and without `norm`
+    it returns the residual stream after its last layer.
+    """
 
     def __init__(self, config: ModelConfig, attention_backend: str = "auto") -> None:
         super().__init__()
@@ -303,7 +308,7 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         mask: AttentionMask | None = None,
     ) -> torch.Tensor:
-        """Logits for `tokens` [B, T].
+        """Logits for `tokens` [B, T] (hidden states [B, T, dim] when this copy has no embeddings).
 
         document_ids: optional [B, T] integer ids, equal for the tokens of one packed
             document; attention stays inside a document and positions restart per document.
@@ -315,9 +320,9 @@ class Transformer(nn.Module):
         mask: a prebuilt attention mask, for a slice of longer sequences (with `positions`);
             default: built from document_ids.
         """
-        B, T = tokens.shape
+        B, T = tokens.shape[:2]
         cache_len = cache.length if cache is not None else 0
-        if document_ids is not None and document_ids.shape != tokens.shape:
+        if document_ids is not None and document_ids.shape != tokens.shape[:2]:
             raise ValueError(f"document_ids shape {tuple(document_ids.shape)} != tokens shape {tuple(tokens.shape)}")
         if positions is None and document_ids is not None:
             positions = positions_from_document_ids(document_ids)
@@ -326,11 +331,13 @@ class Transformer(nn.Module):
         cos, sin = self.rope_angles(positions)
         if mask is None:
             mask = build_attention_mask(document_ids, T, self.attention_backend, tokens.device, cache_len)
-        h = self.tok_embeddings(tokens)
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         for layer in self.layers:
             h = layer(h, cos, sin, mask, cache)
         if cache is not None:
             cache.length += T
+        if self.norm is None:
+            return h
         h = self.norm(h)
         if return_hidden:
             return h

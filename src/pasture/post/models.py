@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from pasture.errors import PastureError
-from pasture.model import PRESETS, ModelConfig, Transformer, load
+from pasture.model import PRESETS, ModelConfig, Transformer
 from pasture.post.encode import ChatEncoder, encoder_for
+from pasture.runs import load
 from pasture.tokenizer import Tokenizer, TokenizerError, write_bpe_ranks
 from pasture.tokenizer.hf import HFTokenizer
 
@@ -28,7 +29,8 @@ class ModelSpecError(PastureError):
 
 def load_model(spec: str | Path, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> tuple[Transformer, ModelConfig]:
-    """`pasture.model.load`, with a one-line error naming what MODEL may be."""
+    """`pasture.runs.load` (a run's final model, else its newest checkpoint; any model format),
+    with a one-line error naming what MODEL may be."""
     try:
         return load(spec, device=device, dtype=dtype)
     except FileNotFoundError as e:

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from pasture.errors import PastureError
-from pasture.model import Transformer, load
+from pasture.model import Transformer
 from pasture.post.data import BadRecord
 from pasture.post.encode import ChatEncoder, Messages, encode_response, pad_examples
 from pasture.post.losses import read_scores
+from pasture.runs import load
 from pasture.tokenizer.chat_format import ChatFormatError
 from pasture.train import checkpoint as ckpt
 

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 
 from pasture.errors import PastureError
+from pasture.model import FINAL_MODEL_DIR
 from pasture.model.config import ModelConfig
+from pasture.model.convert import write_checkpoint
 
 CHECKPOINT_DIR = "checkpoints"
 # DCP warns on every single-process save/load; single-process is a supported use here.
@@ -157,9 +159,11 @@ class Checkpointer:
     """Saves checkpoints, optionally in the background (`dcp.async_save`).
 
     An asynchronous save copies the state to CPU, returns, and writes while training goes
-    on; the folder is finished (COMPLETE written, renamed into place) at the next `save`
-    or `wait`, which every rank calls at the same step. Background writes use their own
-    gloo process group so they never interleave with the training collectives.
+    on. The loop asks every step whether this rank's write is done (`written`), agrees on
+    it across ranks, and finishes the folder (COMPLETE written, renamed into place) at the
+    first step where every rank's write is done, so a crash after that loses nothing.
+    `save` and `wait` also finish a pending save. Background writes use their own gloo
+    process group so they never interleave with the training collectives.
     """
 
     def __init__(self, asynchronous: bool = False) -> None:
@@ -197,8 +201,17 @@ class Checkpointer:
         if future is None:
             self.wait()
 
+    @property
+    def pending(self) -> bool:
+        return self._pending is not None
+
+    def written(self) -> bool:
+        """Whether this rank has nothing left to write (no save pending, or its write is done)."""
+        return self._pending is None or self._pending[0] is None or self._pending[0].done()
+
     def wait(self) -> Path | None:
-        """Finish the last save (waiting for its background write); its folder, or None."""
+        """Finish the last save (waiting for its background write); its folder, or None.
+        Every rank calls it at the same step (it has barriers)."""
         if self._pending is None:
             return None
         future, run_dir, step, tmp, final, world, model_config, recipe, keep_last = self._pending
@@ -210,14 +223,8 @@ class Checkpointer:
             (tmp / "config.json").write_text(json.dumps(
                 {"format": "pasture-checkpoint", "step": step, "world_size": world,
                  "model": model_config.to_dict(), "recipe": recipe or {}}, indent=2, default=str) + "\n")
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            (tmp / "COMPLETE").write_text(json.dumps({"step": step, "files": _file_sizes(tmp)}) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            _seal(tmp, {"step": step})
+            _replace_folder(tmp, final)
             if keep_last:
                 for _, old in list_checkpoints(run_dir)[:-keep_last]:
                     shutil.rmtree(old, ignore_errors=True)
@@ -276,23 +283,41 @@ def load_model(folder: Path, model: torch.nn.Module) -> None:
 
 def save_weights(folder: Path, model: torch.nn.Module, model_config: ModelConfig) -> Path:
     """Model weights alone, written shard by shard by every rank, in the checkpoint layout
-    (so `pasture.model.load` and `read_model_state` open it)."""
+    (so `read_model_state` opens it). Atomic like a checkpoint: written beside the folder,
+    marked COMPLETE, then renamed into place, so a crash never leaves a half folder."""
     import torch.distributed.checkpoint as dcp
 
     folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
     rank, world = _rank_and_world()
     if rank == 0:
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     _barrier()
-    dcp.save({"model": _model_state(model)}, checkpoint_id=str(folder))
+    dcp.save({"model": _model_state(model)}, checkpoint_id=str(tmp))
     _barrier()
     if rank == 0:
-        (folder / "config.json").write_text(json.dumps(
+        (tmp / "config.json").write_text(json.dumps(
             {"format": "pasture-checkpoint", "world_size": world, "model": model_config.to_dict()}, indent=2) + "\n")
-        (folder / "COMPLETE").write_text(json.dumps({"files": _file_sizes(folder)}) + "\n")
+        _seal(tmp, {})
+        _replace_folder(tmp, folder)
     _barrier()
     return folder
+
+
+def _seal(folder: Path, record: dict[str, Any]) -> None:
+    """fsync every file, then write COMPLETE with their sizes: the folder is now whole."""
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    (folder / "COMPLETE").write_text(json.dumps({**record, "files": _file_sizes(folder)}) + "\n")
+
+
+def _replace_folder(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
 
 
 @torch.no_grad()
@@ -391,12 +416,49 @@ def save_anneal_weights(run_dir: Path, step: int, model: torch.nn.Module, model_
     return save_weights(Path(run_dir) / ANNEAL_DIR / f"step_{step:08d}", model, model_config)
 
 
+def anneal_snapshots(run_dir: Path, model_config: ModelConfig) -> list[Path]:
+    """The annealing snapshots to average, each checked whole and of this model's shape."""
+    folders = sorted(f for f in (Path(run_dir) / ANNEAL_DIR).glob("step_*") if not f.name.endswith(".tmp"))
+    if not folders:
+        raise CheckpointCorrupt(f"{run_dir}/{ANNEAL_DIR} holds no annealing snapshots to average")
+    for folder in folders:
+        validate(folder)
+        if read_config(folder).get("model") != model_config.to_dict():
+            raise CheckpointCorrupt(f"{folder} holds a different model than this run; not averaging it")
+    return folders
+
+
 def average_anneal_weights(run_dir: Path, model: torch.nn.Module, model_config: ModelConfig, log=print) -> Path:
     """Average the weights kept during annealing into the live model and write them to
     `averaged/`; the run's final validation then scores the averaged model."""
     out = Path(run_dir) / AVERAGED_DIR
-    folders = sorted((Path(run_dir) / ANNEAL_DIR).glob("step_*"))
+    folders = anneal_snapshots(run_dir, model_config)
     average_weights_into(model, folders)
     save_weights(out, model, model_config)
     log(f"averaged {len(folders)} annealing checkpoints into {out}")
     return out
+
+
+# ---------------------------------------------------------------- the run's final model
+
+
+def write_final_model(run_dir: Path, source: Path, description: str, log=print) -> Path:
+    """Write the run's final model to `RUN/model/` as a plain pasture model folder, with
+    `source.json` saying which weights it holds; `pasture.model.load(RUN)` opens it.
+
+    Rank 0 reads the finished weights folder (`averaged/` or the last checkpoint) from disk,
+    so it works the same whatever the parallel layout was. Atomic: written beside, renamed.
+    """
+    run_dir = Path(run_dir)
+    final = run_dir / FINAL_MODEL_DIR
+    if _rank_and_world()[0] == 0:
+        state, config = read_model_state(source)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_checkpoint(state, config, tmp, "pasture")
+        (tmp / "source.json").write_text(json.dumps(
+            {"weights": str(source.relative_to(run_dir)), "description": description}, indent=2) + "\n")
+        _replace_folder(tmp, final)
+        log(f"final model ({description}) written to {final}")
+    _barrier()
+    return final

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from pasture.errors import PastureError
 from pasture.model.config import ModelConfig
 from pasture.model.info import flops_per_token, num_params
-from pasture.runtime import peak_memory_gib, rank_and_world
+from pasture.runtime import is_distributed, peak_memory_gib, rank_and_world
 from pasture.train import checkpoint as ckpt
 from pasture.train.metrics import MetricsLog, peak_flops
 from pasture.train.runner import Runner, StepLoss
@@ -56,6 +57,7 @@ class LoopConfig:
     checkpoint_final: bool = True
     anneal_every: int = 0  # during annealing: keep weights every N steps for averaging (0: off)
     async_checkpoint: bool = False
+    final_model: bool = True  # write RUN/model/ at the end (rank 0 holds the whole model in CPU memory once)
     eval_every: int = 0
     log_every: int = 1
     tensorboard: bool = True
@@ -138,14 +140,17 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
                 metrics.log("val", step, **validate())
             if config.anneal_every and step > anneal_start and (step - anneal_start) % config.anneal_every == 0:
                 ckpt.save_anneal_weights(run_dir, step, model, model_config)
-            if ((step == config.steps and config.checkpoint_final) or stop.requested
+            stopping, written = agree_across_ranks(stop.requested, saver.written(), runner.device)
+            if saver.pending and written:  # finish an async checkpoint as soon as every rank wrote it
+                saver.wait()
+            if ((step == config.steps and config.checkpoint_final) or stopping
                     or (config.checkpoint_every and step % config.checkpoint_every == 0)):
                 train_state = {"step": step, "tokens_seen": counters.tokens_seen,
                                "skipped_steps": counters.skipped_total, "guard": guard.state_dict(),
                                **task.state_dict()}
                 saver.save(run_dir, step, model, optimizer, train_state, model_config, raw_recipe,
                            keep_last=config.keep_last)
-            if stop.requested:
+            if stopping:
                 log(f"stopped by signal at step {step}; checkpoint saved, resume with resume=auto")
                 break
     bar.close()
@@ -154,9 +159,17 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
                                "skipped_steps": counters.skipped_total, "final_loss": counters.last_loss,
                                "params": num_params(model_config)}
     if counters.step == config.steps:
+        final_weights, description = None, ""
         if config.anneal_every and config.anneal_steps:
-            summary["averaged"] = str(ckpt.average_anneal_weights(run_dir, model, model_config, log))
+            final_weights = ckpt.average_anneal_weights(run_dir, model, model_config, log)
+            summary["averaged"] = str(final_weights)
+            kept = len(ckpt.anneal_snapshots(run_dir, model_config))
+            description = f"average of {kept} annealing checkpoints (steps {anneal_start + 1}-{config.steps})"
             runner.after_optimizer_step()
+        elif config.checkpoint_final:
+            final_weights, description = ckpt.step_dir(run_dir, config.steps), f"checkpoint of step {config.steps}"
+        if final_weights is not None and config.final_model:
+            summary["final_model"] = str(ckpt.write_final_model(run_dir, final_weights, description, log))
         if validate is not None:
             final_val = validate()
             metrics.log("val", counters.step, **final_val)
@@ -213,15 +226,32 @@ def find_resume(config: LoopConfig, run_dir: Path, log=print) -> Path | None:
     return ckpt.resolve(folder)
 
 
+def agree_across_ranks(stop_requested: bool, written: bool, device: torch.device) -> tuple[bool, bool]:
+    """(any rank was asked to stop, every rank finished its checkpoint write), the same on all ranks.
+
+    A signal reaches ranks at different steps (or only some of them); acting on each rank's
+    own flag would send them into the checkpoint's collectives at different steps, where
+    they wait for each other until the timeout. One small all-reduce per step avoids it.
+    """
+    if not is_distributed():
+        return stop_requested, written
+    flags = torch.tensor([float(stop_requested), float(not written)], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0]), not bool(flags[1])
+
+
 class _StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (then checkpoints and exits)."""
+    """Turns SIGTERM/SIGINT/SIGUSR1 into a flag the loop checks after each step (then all ranks
+    checkpoint and exit together). SIGUSR1 is what a scheduler sends to the workers directly,
+    past torchrun, which gives its workers only 30 s between SIGTERM and SIGKILL
+    (docs/scaling-out.md, "Stopping a run")."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous = {}
 
     def __enter__(self) -> "_StopRequest":
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread

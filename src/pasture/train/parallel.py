@@ -441,9 +441,11 @@ def stage_layer_ids(n_layers: int, n_stages: int) -> list[range]:
     return [range(max(lo, 1) - 1, min(hi, n_layers + 1) - 1) for lo, hi in zip(bounds, bounds[1:])]
 
 
-class PipelineStageModule(nn.Module):
-    """One pipeline stage of a Transformer: its blocks, plus the embedding on the first stage
-    and the final norm and output projection on the last; parameter names as in the model.
+class PipelineStageModule(Transformer):
+    """One pipeline stage of a Transformer: the model with the other stages' layers deleted.
+    It keeps its blocks, plus the embedding on the first stage and the final norm and output
+    projection on the last, under the model's parameter names, and runs the model's own
+    forward (which takes hidden states where there is no embedding).
 
     forward(x, document_ids=None): x is tokens on the first stage and the hidden state
     elsewhere; the last stage returns normalised hidden states for the loss. Under context
@@ -452,7 +454,7 @@ class PipelineStageModule(nn.Module):
 
     def __init__(self, model: Transformer, layer_ids: range, first: bool, last: bool,
                  context_parallel: ContextParallel | None = None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # the parts come from `model`, not from a fresh build
         self.config = model.config
         self.attention_backend = model.attention_backend
         self.context_parallel = context_parallel
@@ -462,23 +464,12 @@ class PipelineStageModule(nn.Module):
         self.output = model.output if last else None
         self.register_buffer("inv_freq", model.inv_freq, persistent=False)
 
-    rope_angles = Transformer.rope_angles
-    init_rope = Transformer.init_rope
-
     def forward(self, x: torch.Tensor, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.context_parallel is None:
+            return super().forward(x, document_ids, return_hidden=True)
         B, T = x.shape[:2]
-        if self.context_parallel is not None:
-            prepared = self.context_parallel.prepare(document_ids, B, T * self.context_parallel.size, x.device)
-            positions, mask = prepared["positions"], prepared["mask"]
-        else:
-            positions = (positions_from_document_ids(document_ids) if document_ids is not None
-                         else torch.arange(T, device=x.device).expand(B, T))
-            mask = build_attention_mask(document_ids, T, self.attention_backend, x.device)
-        cos, sin = self.rope_angles(positions)
-        h = self.tok_embeddings(x) if self.tok_embeddings is not None else x
-        for block in self.layers:
-            h = block(h, cos, sin, mask)
-        return self.norm(h) if self.norm is not None else h
+        whole_rows = self.context_parallel.prepare(document_ids, B, T * self.context_parallel.size, x.device)
+        return super().forward(x, return_hidden=True, **whole_rows)
 
 
 class RankModel(nn.Module):

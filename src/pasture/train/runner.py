@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+from pasture import runs
 from pasture.errors import PastureError
-from pasture.model import load
 from pasture.model.config import ModelConfig
 from pasture.model.llama import Transformer
 from pasture.runtime import all_reduce_sum, autocast, is_distributed
@@ -232,9 +232,14 @@ def _prefix_of(model: nn.Module, transformer: Transformer) -> str:
     return next(name + "." if name else "" for name, m in model.named_modules() if m is transformer)
 
 
-def build_runner(spec: RunnerSpec, wrap_model=None) -> Runner:
+def build_runner(spec: RunnerSpec, wrap_model: Callable[[Transformer], nn.Module] | None = None) -> Runner:
     """This rank's runner: the model built (and wrapped by `wrap_model(transformer)` when
-    given), laid out over the process group, initialised, and `spec.init_from` loaded."""
+    given), laid out over the process group, initialised, and `spec.init_from` loaded
+    into the Transformer.
+
+    A wrapper initialises its own parameters when built on a real device, and again in
+    `init_weights(buffer_device)` (which also calls the Transformer's) after FSDP allocates
+    the shards of a model built on `meta`."""
     wrap_model = wrap_model or (lambda transformer: transformer)
     if is_distributed():
         return _build_distributed(spec, wrap_model)
@@ -242,11 +247,12 @@ def build_runner(spec: RunnerSpec, wrap_model=None) -> Runner:
     with torch.device(spec.device):
         transformer = Transformer(spec.model_config, attention_backend=spec.attention_backend)
     if spec.init_from:
-        source, source_config = load(spec.init_from, device=spec.device)
+        source, source_config = runs.load(spec.init_from, device=spec.device)
         if source_config != spec.model_config:
             raise PastureError(f"model.init_from={spec.init_from} has a different model config than the recipe")
         transformer.load_state_dict(source.state_dict())
-    model = wrap_model(transformer)
+    with torch.device(spec.device):
+        model = wrap_model(transformer)
     float8.apply_float8(transformer, spec.float8)
     parallel.apply_activation_checkpointing(transformer, spec.parallel)
     if spec.compile:
@@ -317,7 +323,7 @@ def _load_initial_weights(source: str, module: nn.Module, config: ModelConfig, p
     if ckpt.is_run_or_checkpoint(Path(source)) and not prefix:
         ckpt.load_model(ckpt.resolve(Path(source)), module)
         return
-    whole, source_config = load(source)
+    whole, source_config = runs.load(source)
     if source_config != config:
         raise PastureError(f"model.init_from={source} has a different model config than the recipe")
     wanted = set(module.state_dict())
