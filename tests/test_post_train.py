@@ -156,7 +156,7 @@ def test_reward_model_under_torchrun_fsdp_matches_one_process(base, data, tmp_pa
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
                "-m", "pasture.cli", method, base, "--data", data["prefs"], "--out", str(tmp_path / f"{method}-2"),
                *common]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.count("done: 2 steps") == 1
         r, raw = recipe(train__steps=2, train__batch_size=4)
