@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from post_fixtures import one_thread, tiny_model
-from pasture.post.losses import bradley_terry_loss, dpo_loss, read_scores, sft_loss
+from pasture.post.losses import bradley_terry_loss, dpo_loss, read_scores
+from pasture.post.trainer import PlainModelView
 from pasture.post.reward_model import RewardModel
 from pasture.train.loss import IGNORE_INDEX
 
@@ -45,8 +46,9 @@ def test_dpo_policy_equal_reference_is_exactly_ln2():
 
 
 def test_sft_accumulation_equals_one_big_batch():
-    """Two micro-batches with very different target counts, each divided by the step's
-    count, give the loss and gradients of the whole batch at once."""
+    """Two micro-batches with very different target counts, each summed and divided by the
+    step's count (what the core does with SFT's masked targets), give the loss and gradients
+    of the whole batch at once."""
     torch.manual_seed(0)
     model = tiny_model()
     inputs = torch.randint(0, 500, (4, 16))
@@ -58,7 +60,7 @@ def test_sft_accumulation_equals_one_big_batch():
         model.zero_grad()
         total = 0.0
         for rows in parts:
-            loss = sft_loss(model(inputs[rows], return_hidden=True), model.output.weight, targets[rows], n)
+            loss = PlainModelView(model).token_loss_sum(inputs[rows], targets[rows]) / n  # the SFT step's share
             loss.backward()
             total += loss.item()
         return total, [p.grad.clone() for p in model.parameters()]

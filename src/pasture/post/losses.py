@@ -4,7 +4,8 @@ Each loss takes the step's totals (`n_targets`, `n_pairs`, `n_chosen_tokens`) so
 step split into gradient-accumulation micro-batches sums to exactly the loss of one big
 batch: a micro-batch contributes its *sum* divided by the whole step's count.
 
-- SFT: cross-entropy on the masked (assistant) targets / target tokens in the step.
+- SFT: cross-entropy on the masked (assistant) targets / target tokens in the step (the
+  core's next-token objective; the SFT task only masks the targets).
 - Reward model: Bradley–Terry −log σ(r_chosen − r_rejected), no margin (Llama 3).
 - DPO: −log σ(β[(log π_c − log π_ref,c) − (log π_r − log π_ref,r)]) per pair, plus
   `nll_weight` × the chosen responses' negative log-likelihood per token (Llama 3: 0.2).
@@ -16,14 +17,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from pasture.train.loss import cross_entropy_sum
-
-
-def sft_loss(hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor,
-             n_targets: int | torch.Tensor, chunk_tokens: int = 8192) -> torch.Tensor:
-    """This micro-batch's share of the step's mean cross-entropy per target token."""
-    return cross_entropy_sum(hidden, output_weight, targets, chunk_tokens) / n_targets
 
 
 def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor,

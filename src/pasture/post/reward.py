@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pasture.post.data import Preference, Skipped, read_preferences
 from pasture.post.encode import ChatEncoder, EncodedPair, encode_pairs, pad_pairs
+from pasture.post.losses import bradley_terry_loss
 from pasture.post.models import load_encoder
 from pasture.post.recipe import PostRecipe
 from pasture.post.reward_model import RewardModel
@@ -36,7 +36,8 @@ class BradleyTerryObjective:
         scores = model.module(batch["tokens"], batch["score_index"])
         chosen, rejected = scores.chunk(2)
         margin = chosen - rejected
-        return LossOutput(-F.logsigmoid(margin).sum(), {"accuracy": (margin > 0).sum(), "margin": margin.sum()})
+        return LossOutput(bradley_terry_loss(chosen, rejected, n_pairs=1),  # summed: the core divides by the step's pairs
+                          {"accuracy": (margin > 0).sum(), "margin": margin.sum()})
 
 
 class RewardTask(PostTask):
@@ -66,7 +67,7 @@ def pairwise_accuracy(score: Callable[[Batch], torch.Tensor], pairs: Sequence[En
     for start in range(0, len(pairs), batch_size):
         chosen, rejected = score(pad_pairs(pairs[start:start + batch_size], pad_id)).float().chunk(2)
         right += float((chosen > rejected).sum())
-        loss += float(-F.logsigmoid(chosen - rejected).sum())
+        loss += float(bradley_terry_loss(chosen, rejected, n_pairs=1))
     return {"accuracy": right / len(pairs), "loss": loss / len(pairs), "pairs": len(pairs)}
 
 
