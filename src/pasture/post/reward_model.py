@@ -73,7 +73,7 @@ def read_head(spec: str | Path) -> torch.Tensor | None:
     if "model.head.weight" not in keys:
         return None
     head = torch.empty(keys["model.head.weight"].size)
-    dcp.load({"model": {"head.weight": head}}, checkpoint_id=str(checkpoint))
+    dcp.load({"model": {"head.weight": head}}, checkpoint_id=str(checkpoint), no_dist=True)
     return head
 
 

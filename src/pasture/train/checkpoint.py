@@ -394,8 +394,8 @@ def read_model_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
 
     prefix = transformer_prefix(folder)
     state = {"model": {prefix + k: v for k, v in model.state_dict().items()}}
-    try:
-        dcp.load(state, checkpoint_id=str(folder))
+    try:  # no_dist: one rank reads alone (write_final_model) even inside a process group
+        dcp.load(state, checkpoint_id=str(folder), no_dist=True)
     except Exception as e:
         raise CheckpointCorrupt(f"cannot read {folder}: {type(e).__name__}: {e}") from None
     weights = {k[len(prefix):]: v for k, v in state["model"].items()}
