@@ -31,6 +31,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("pasture.model.cli", "convert checkpoints between pasture, Hugging Face, Meta and GGUF layouts"),
     "eval": ("pasture.eval.cli", "evaluate a model on benchmarks (ARC, HellaSwag, MMLU, GSM8K, HumanEval, ...)"),
     "scaling": ("pasture.scaling.cli", "scaling laws: IsoFLOP sweeps, Chinchilla fits (approaches 2 and 3), forecasts"),
+    "sft": ("pasture.post.cli", "supervised fine-tuning on chat data, loss on assistant turns only"),
+    "reward": ("pasture.post.cli", "train a reward model (scalar head, Bradley-Terry) on preference pairs"),
+    "rejection-sample": ("pasture.post.cli", "sample K replies per prompt, keep the reward model's best (and pairs)"),
+    "dpo": ("pasture.post.cli", "direct preference optimization against a frozen reference"),
+    "average": ("pasture.post.cli", "average the weights of models of one architecture (a model soup)"),
+    "clean-sft": ("pasture.post.cli", "clean chat data: rules, reward-model quality, semantic de-duplication"),
+    "rounds": ("pasture.post.cli", "post-training rounds: reward model, rejection sampling, SFT, DPO, averaging"),
 }
 
 
@@ -60,7 +67,11 @@ def _command(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(_command(argv))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides"):  # `key=value` overrides may follow a command's options too
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
