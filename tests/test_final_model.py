@@ -172,3 +172,13 @@ def test_async_checkpoint_is_final_as_soon_as_it_is_written(token_data, tmp_path
             os.killpg(proc.pid, signal.SIGKILL)
     assert step_seen < 80, "the checkpoint of step 40 only appeared at the next save"
     assert ckpt.latest_valid(run) == first
+
+
+def test_speedrun_folder_opens_its_pretraining_run(token_data, tmp_path):
+    init = initial_weights(tmp_path / "init", tied=True)
+    speedrun = tmp_path / "speedrun"
+    (speedrun / "stages").mkdir(parents=True)
+    one_process(recipe_args(token_data, speedrun / "train", init, "train.steps=3"))
+    assert runs.run_folder(speedrun) == speedrun / "train"
+    assert _same_weights(runs.read_weights(speedrun)[0], pm.read_weights(speedrun / "train")[0])
+    assert runs.describe(speedrun) == "final model: checkpoint of step 3"

@@ -7,6 +7,7 @@ reads both kinds, so commands, evaluation and serving take any of them:
 
     model, config = pasture.runs.load("runs/tiny")          # its final model; while training, its newest checkpoint
     model, config = pasture.runs.load("runs/tiny/checkpoints/step_00000500")   # one checkpoint
+    model, config = pasture.runs.load("runs/speedrun")      # a speedrun folder: its pre-training run
     model, config = pasture.runs.load("llama3.2-1b")        # anything pasture.model.load reads
 """
 
@@ -21,14 +22,27 @@ from pasture import model as model_formats
 from pasture.model.config import ModelConfig
 from pasture.model.llama import Transformer
 from pasture.train import checkpoint as ckpt
-from pasture.train.checkpoint import read_weights
+from pasture.train import checkpoint as training_checkpoint
 
-__all__ = ["describe", "load", "read_weights"]  # read_weights: weights (CPU, pasture names) and config of the same folders
+__all__ = ["describe", "load", "read_weights", "run_folder"]
+
+
+def run_folder(path: str | Path) -> Path:
+    """A speedrun folder (`stages/` and `train/`) means its pre-training run; any other path itself."""
+    path = Path(path)
+    if (path / "stages").is_dir() and (path / "train").is_dir():
+        return path / "train"
+    return path
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """Weights (CPU, pasture names) and config of everything `load` opens."""
+    return training_checkpoint.read_weights(run_folder(path))
 
 
 def describe(path: str | Path) -> str:
     """Which weights `load(path)` uses, in words (for reports and logs)."""
-    path = Path(path)
+    path = run_folder(path)
     source = path / model_formats.FINAL_MODEL_DIR / "source.json"
     if source.is_file():
         return f"final model: {json.loads(source.read_text())['description']}"
@@ -41,6 +55,7 @@ def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: 
          attention_backend: str = "auto", seed: int = 0) -> tuple[Transformer, ModelConfig]:
     """A model and its config from a run, checkpoint or weights folder, or anything
     `pasture.model.load` reads (a preset or a pasture / Hugging Face / Meta model folder)."""
+    path_or_preset = run_folder(path_or_preset) if Path(path_or_preset).exists() else path_or_preset
     if ckpt.is_training_format(Path(path_or_preset)):
         state, config = ckpt.read_model_state(Path(path_or_preset))
         return model_formats.from_weights(state, config, device, dtype, attention_backend), config
