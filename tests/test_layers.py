@@ -13,7 +13,7 @@ import pasture
 SRC = Path(pasture.__file__).parent
 GROUND = {"pasture", "pasture.errors", "pasture.config", "pasture.runtime", "pasture.documents", "pasture.cli_args"}
 BASE = {"model", "tokenizer", "data"}  # floor 1: each on the ground only, never on each other
-STAGES = {"post", "eval", "serve", "scaling", "safety", "report", "runs"}  # floor 3: above the training core
+STAGES = {"post", "eval", "serve", "scaling", "safety", "report", "runs", "baselines"}  # floor 3: above the training core
 BELOW_STAGES = {"ground", "model", "tokenizer", "train"}
 
 # floor name -> the floors its modules may import (a floor may always import itself)
