@@ -59,7 +59,7 @@ def load(path_or_preset: str | Path, device: str | torch.device = "cpu", dtype: 
         config = preset(name)
         return build(config, device, dtype, attention_backend, seed), config
     if not Path(name).exists():
-        raise CheckpointError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint folder")
+        raise CheckpointError(f"{name!r} does not exist and is not a preset ({', '.join(PRESETS)})")
     state, config = read_weights(name)
     return from_weights(state, config, device, dtype, attention_backend), config
 
@@ -71,7 +71,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig
     if is_gguf(folder):
         return read_gguf(folder)
     if not folder.exists():
-        raise CheckpointError(f"{str(path)!r} is neither a preset ({', '.join(PRESETS)}) nor an existing model folder")
+        raise CheckpointError(f"{str(path)!r} does not exist and is not a preset ({', '.join(PRESETS)})")
     if folder.suffix == ".gguf" or is_gguf(folder):
         return read_gguf(folder)
     if (folder / FINAL_MODEL_DIR / "config.json").is_file():
