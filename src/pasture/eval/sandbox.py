@@ -121,6 +121,8 @@ def run_program(program: str, limits: SandboxLimits | None = None) -> SandboxRes
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, stderr = proc.communicate()
             return SandboxResult("timeout", None, _tail(stderr or stdout))
+    if proc.returncode == -signal.SIGXCPU:  # the CPU limit ran out before the wall clock did
+        return SandboxResult("timeout", proc.returncode, _tail(stderr or stdout))
     status = "passed" if proc.returncode == 0 else "failed"
     return SandboxResult(status, proc.returncode, _tail(stderr or stdout))
 

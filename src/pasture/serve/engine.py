@@ -348,14 +348,15 @@ class Engine:
         if self._running:
             self._decode()
 
-    def _take_waiting(self) -> _Request | None:
+    def _next_waiting(self) -> _Request | None:
+        """The queue's head stays queued until its prefill is done, so stats() never shows it nowhere."""
         with self._lock:
-            return self._waiting.popleft() if self._waiting else None
+            return self._waiting[0] if self._waiting else None
 
     def _admit(self) -> None:
         budget = self.max_prefill_tokens
         while len(self._running) < self.max_batch_size and budget > 0:
-            request = self._take_waiting()
+            request = self._next_waiting()
             if request is None:
                 return
             budget -= self._prefill(request)
@@ -380,8 +381,9 @@ class Engine:
         logits = self.model(tokens, cache=StepCache(cache, row, starts, cached + len(new)),
                             positions=positions, mask=mask)[:, -1]
         cache.tokens[row] = list(request.prompt)
-        self._running.append(request)
         with self._lock:
+            self._waiting.popleft()
+            self._running.append(request)
             self._counts["prompt_tokens"] += len(request.prompt)
             self._counts["prefix_cached_tokens"] += cached
         self._sample_and_emit(logits, [request])
