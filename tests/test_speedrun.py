@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pasture import runs
 from pasture.cli import main
 from pasture.data.gather import Root, gather, man_to_text
 from pasture.documents import Document, iter_documents, write_documents
@@ -20,6 +21,8 @@ TINY = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads
         "train.steps=200", "train.anneal_steps=20", "optim.warmup_steps=2", "train.batch_ramp=[]", "train.batch_size=4",
         "train.seq_len=64", "checkpoint.every=100", "checkpoint.anneal_every=10", "eval.every=100", "eval.batches=2",
         "log.tensorboard=false"]
+POST = ["post.pairs=30", "post.heldout_fraction=0.2", "post.reward_steps=2", "post.sft_steps=6", "post.dpo_steps=2",
+        "post.batch_size=4", "post.sample_prompts=4", "post.k=2", "post.max_tokens=8", "post.samples_shown=2"]
 
 
 def stdlib_documents(limit_bytes: int) -> list[Document]:
@@ -38,10 +41,10 @@ def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
     src = tmp_path / "docs.jsonl"
     write_documents(src, stdlib_documents(600_000))
     args = ["speedrun", "--runs-dir", str(tmp_path / "runs"), "--name", "t", "--source", str(src),
-            "--vocab-size", "512", "--no-progress", "--val-fraction", "0.1", *TINY]
+            "--vocab-size", "512", "--no-progress", "--val-fraction", "0.1", *TINY, *POST]
     assert main(args) == 0
     out, err = capsys.readouterr()
-    assert "held-out bits/byte" in out and "unigram" in out
+    assert "held-out bits/byte" in out and "unigram" in out and "xz -9e" in out and "-> DPO" in out
     assert "task/s" not in err and "it/s" not in err  # --no-progress: no bar from any stage
     assert "input files given with --source" in (tmp_path / "runs" / "t" / "report.md").read_text()
     run = tmp_path / "runs" / "t"
@@ -64,18 +67,30 @@ def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
     assert (run / "plots" / "scaling.png").stat().st_size > 10_000
     assert (run / "plots" / "loss.png").stat().st_size > 1000
     assert {p.stem for p in (run / "stages").glob("*.json")} == {
-        "settings", "gather", "curate", "tokenizer", "tokenize", "pretrain", "evaluate", "sample"}
+        "settings", "gather", "curate", "tokenizer", "tokenize", "pretrain", "evaluate", "sample", "post"}
     assert (run / "train" / "averaged" / "COMPLETE").exists()
+
+    post = summary["post"]  # post-training: reward model, SFT, rejection sampling, DPO
+    assert post["heldout_questions"] == 6 and post["answer_loss"]["sft"] < post["answer_loss"]["base"]
+    assert post["rejection_sampling"]["samples"] == 4 * 2 and len(post["samples"]) == 2
+    assert summary["total_seconds"] >= post["seconds"] > 0
+    assert "Post-training" in html and "held-out answer loss" in html
+    assert runs.run_folder(run) == run / "post" / "dpo"  # the speedrun's result is its chat model
+    assert main(["generate", str(run), "--prompt", "What", "--max-tokens", "4", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("What")
 
     generate = ["generate", str(run / "train"), "--prompt", "def ", "--max-tokens", "8", "--temperature", "0"]
     assert main(generate) == 0
     assert capsys.readouterr().out.startswith("def ")
 
     assert main(args) == 0  # a rerun skips every finished stage
-    assert capsys.readouterr().out.count("already done") == 7
+    assert capsys.readouterr().out.count("already done") == 8
     assert main(["report", str(run)]) == 0
     assert main(args + ["train.steps=201"]) == 2  # other settings into the same folder: refused
     assert "other settings (recipe_overrides differ)" in capsys.readouterr().err
+    for bad in ("post.nope=1", "post.k=two"):  # refused before any stage runs
+        assert main([*args[:4], "fresh", *args[5:], bad]) == 2
+        assert "post." in capsys.readouterr().err and not (tmp_path / "runs" / "fresh").exists()
     assert main(["speedrun", "--runs-dir", str(tmp_path / "runs"), "--name", "bad", "--source",
                  str(tmp_path / "missing.warc"), "--no-progress"]) == 2
     assert "missing.warc" in capsys.readouterr().err

@@ -7,7 +7,7 @@ reads both kinds, so commands, evaluation and serving take any of them:
 
     model, config = pasture.runs.load("runs/tiny")          # its final model; while training, its newest checkpoint
     model, config = pasture.runs.load("runs/tiny/checkpoints/step_00000500")   # one checkpoint
-    model, config = pasture.runs.load("runs/speedrun")      # a speedrun folder: its pre-training run
+    model, config = pasture.runs.load("runs/speedrun")      # a speedrun folder: its chat model (or pre-training run)
     model, config = pasture.runs.load("llama3.2-1b")        # anything pasture.model.load reads
 """
 
@@ -28,9 +28,12 @@ __all__ = ["describe", "load", "read_weights", "run_folder"]
 
 
 def run_folder(path: str | Path) -> Path:
-    """A speedrun folder (`stages/` and `train/`) means its pre-training run; any other path itself."""
+    """A speedrun folder (`stages/` and `train/`) means its chat model once post-training is done,
+    its pre-training run before; any other path itself."""
     path = Path(path)
     if (path / "stages").is_dir() and (path / "train").is_dir():
+        if (path / "stages" / "post.json").is_file():
+            return path / "post" / "dpo"
         return path / "train"
     return path
 

@@ -1,7 +1,8 @@
 """`pasture speedrun`: the whole system on whatever machine it runs on.
 
 gather documents -> curate -> train a tokenizer -> tokenize -> pre-train -> evaluate
--> sample -> report, all under one run folder. Each stage records its result in
+-> sample -> post-train (reward model, SFT, rejection sampling, DPO) -> report, all under
+one run folder. Each stage records its result in
 `stages/<stage>.json` when it finishes; running the same command again skips the
 finished stages and resumes pre-training from its last checkpoint, so an interrupted
 speedrun loses nothing.
@@ -9,6 +10,7 @@ speedrun loses nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +31,7 @@ from pasture.data.gather import default_roots, gather
 from pasture.data.sources import input_files
 from pasture.errors import PastureError
 from pasture.model.info import num_matmul_params
+from pasture.post.speedrun_stage import PostStageConfig, post_train
 from pasture.report.card import environment, write_report
 from pasture.runtime import resolve_device
 from pasture.scaling.laws import approach3, approach3_optimum, predicted_loss, read_points
@@ -50,6 +53,7 @@ RUN_LAYOUT = {
     "tokenizer/": "the trained tokenizer.model (tiktoken format) and its stats",
     "tokens/": "token shards (train and val splits) and index.json",
     "train/": "pre-training: checkpoints/, metrics.jsonl, recipe.json, tokenizer.model, averaged/",
+    "post/": "post-training: data/, reward/, sft/, samples.jsonl, dpo/ (the chat model), post.json",
     "stages/": "one JSON result per finished stage (what lets a rerun skip it)",
     "plots/": "loss, learning-rate and throughput plots",
     "speedrun.json": "everything above in one summary",
@@ -75,6 +79,8 @@ class SpeedrunConfig:
     curate: bool = True
     recipe_overrides: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=lambda: ["def ", "The ", "import "])
+    post: bool = True  # post-train the pre-trained model into a chat model
+    post_overrides: list[str] = field(default_factory=list)  # post.FIELD=VALUE for PostStageConfig
     progress: bool = True
 
     @property
@@ -203,6 +209,32 @@ def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     return summary
 
 
+def post_stage_config(cfg: SpeedrunConfig) -> PostStageConfig:
+    """PostStageConfig with the `post.FIELD=VALUE` overrides applied (values are JSON, or plain strings)."""
+    post = PostStageConfig(seed=cfg.seed, progress=cfg.progress)
+    fields = {f.name: f.type for f in dataclasses.fields(PostStageConfig)}
+    for override in cfg.post_overrides:
+        key, _, value = override.removeprefix("post.").partition("=")
+        if key not in fields or not value:
+            raise PastureError(f"{override!r}: post-training overrides are post.FIELD=VALUE with FIELD one of "
+                               f"{', '.join(fields)}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        current = getattr(post, key)
+        if type(parsed) is not type(current) and not (isinstance(current, float) and isinstance(parsed, int)):
+            raise PastureError(f"{override!r}: post.{key} takes a {type(current).__name__}")
+        setattr(post, key, type(current)(parsed))
+    return post
+
+
+def post_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
+    post = post_stage_config(cfg)
+    post.device = resolve_device("auto").type
+    return post_train(cfg.run_dir, str(cfg.run_dir / "train"), post, log=print)
+
+
 def unigram_bits_per_byte(tokens_dir: Path) -> dict[str, float]:
     """The baseline the model must beat: a unigram model of the training tokens (add-one
     smoothed), scored on exactly the validation targets the model is scored on."""
@@ -266,6 +298,7 @@ def _curation_summary(curated: dict[str, Any]) -> dict[str, Any]:
 
 def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage (skipping finished ones) and write the report card; returns the summary."""
+    post_stage_config(cfg)  # a bad post.FIELD=VALUE fails now, not after pre-training
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(cfg).items() if k not in ("progress", "name", "runs_dir")}
@@ -279,6 +312,7 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
     trained = stages.run("pretrain", lambda: pretrain_stage(cfg))
     evaluation = stages.run("evaluate", lambda: evaluate_stage(cfg))
     samples = stages.run("sample", lambda: sample_stage(cfg))
+    posted = stages.run("post", lambda: post_stage(cfg)) if cfg.post else None
     scaling = scaling_position(trained["tokens_seen"], evaluation, run_dir / "plots")
 
     train_records = _train_records(run_dir / "train")
@@ -286,7 +320,8 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
         "name": cfg.name,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # the stages' own times, so a resumed speedrun still reports its whole cost
-        "total_seconds": sum(s.get("seconds", 0) for s in (gathered, curated, tok, tokens, trained, evaluation, samples)),
+        "total_seconds": sum(s.get("seconds", 0) for s in (gathered, curated, tok, tokens, trained, evaluation, samples,
+                                                            posted or {})),
         "config": {k: v for k, v in vars(cfg).items()},
         "environment": environment(),
         "gather": gathered,
@@ -304,6 +339,7 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
         "baselines": evaluation.get("baselines"),
         "samples": samples["samples"],
         "scaling": scaling,
+        "post": posted,
         "layout": RUN_LAYOUT,
     }
     (run_dir / "speedrun.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -360,6 +396,14 @@ def _train_records(train_dir: Path) -> dict[str, Any]:
 def format_headline(summary: dict[str, Any]) -> str:
     e = summary["evaluation"]
     verdict = "below" if e["beats_unigram"] else "NOT below"
-    return (f"held-out bits/byte {e['val_bpb']:.4f} vs unigram {e['unigram_bpb']:.4f} "
-            f"({verdict} the unigram baseline, ratio {e['bpb_vs_unigram']:.3f}); "
-            f"{math.ceil(summary['total_seconds'])} s total")
+    line = (f"held-out bits/byte {e['val_bpb']:.4f} vs unigram {e['unigram_bpb']:.4f} "
+            f"({verdict} the unigram baseline, ratio {e['bpb_vs_unigram']:.3f})")
+    xz = (e.get("baselines") or {}).get("xz_bpb")
+    if xz is not None:
+        line += f", xz -9e {xz:.4f} ({'beaten' if e['val_bpb'] < xz else 'not beaten'})"
+    post = summary.get("post")
+    if post:
+        losses = post["answer_loss"]
+        line += (f"; held-out answer loss base {losses['base']:.3f} -> SFT {losses['sft']:.3f} -> DPO "
+                 f"{losses['dpo']:.3f}, chat model {post['chat_model']}")
+    return f"{line}; {math.ceil(summary['total_seconds'])} s total"

@@ -24,7 +24,7 @@ from pasture.data.filters.quality import ClassifierError, train_quality_classifi
 from pasture.data.recipe import load_recipe, parse_recipe
 from pasture.errors import PastureError
 from pasture.runtime import resolve_device
-from pasture.tokenizer import Tokenizer, find_tokenizer, resolve_tokenizer_path
+from pasture.tokenizer import Tokenizer
 from pasture.train.validation import text_losses
 
 HELP_FLAGS = ("-h", "--help")
@@ -212,7 +212,7 @@ def train_quality_command(argv: list[str]) -> int:
             parser.error("--teacher needs --unlabeled DOCS and no --positive/--negative")
         model, _ = runs.load(args.teacher, device=resolve_device("auto"))
         model.eval()
-        tokenizer = Tokenizer.load(resolve_tokenizer_path(find_tokenizer(Path(args.teacher), args.teacher_tokenizer)))
+        tokenizer = Tokenizer.load(args.teacher_tokenizer or args.teacher)
         if tokenizer.n_words > model.config.vocab_size:
             raise PastureError(f"teacher tokenizer has {tokenizer.n_words} ids but the teacher model only "
                                f"{model.config.vocab_size}")

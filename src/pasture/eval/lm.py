@@ -120,22 +120,12 @@ class EvalModel:
             self._engine = None
 
 
-def find_tokenizer(model: str) -> str:
-    """The tokenizer stored with a model: the model path itself (GGUF file, HF or run folder) or a
-    folder above it (a run folder holding a checkpoint); Meta's Llama 3 tokenizer for presets."""
-    if model in PRESETS and not Path(model).exists():
-        return "llama3"
-    path = Path(model).resolve()
-    for candidate in [path, *list(path.parents)[:3]]:
-        if candidate.is_file() or (candidate / "tokenizer.model").exists() or (candidate / "tokenizer.json").exists():
-            return str(candidate)
-    raise EvalModelError(f"no tokenizer found with {model}; pass --tokenizer")
-
-
 def load_eval_model(model: str, tokenizer: str | None = None, *, batch_size: int = 32, device: str | None = None,
                     dtype: torch.dtype = torch.float32, progress: bool = True) -> EvalModel:
     """A model (preset, pasture / HF / Meta / run checkpoint, or GGUF file) ready to evaluate."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     network, _ = load_model(model, device=device, dtype=dtype)
-    tok = Tokenizer.load(tokenizer or find_tokenizer(model))
+    if tokenizer is None:  # a preset has no files: Meta's Llama 3 tokenizer; anything else carries its own
+        tokenizer = "llama3" if model in PRESETS and not Path(model).exists() else model
+    tok = Tokenizer.load(tokenizer)
     return EvalModel(network, tok, batch_size=batch_size, progress=progress, name=str(model))

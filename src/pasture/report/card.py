@@ -181,10 +181,34 @@ def build_markdown(summary: dict[str, Any], plots: list[Path], run_dir: Path) ->
         for s in samples:
             parts += [f"**Prompt** `{s['prompt']}` (temperature {s['temperature']}, top-p {s['top_p']})", "",
                       "```", s["prompt"] + s["completion"], "```", ""]
+    post = summary.get("post")
+    if post:
+        parts += post_training_section(post)
     layout = summary.get("layout")
     if layout:
         parts += ["## Run folder layout", "", _table(list(layout.items()), ("path", "what")), ""]
     return "\n".join(parts)
+
+
+def post_training_section(post: dict[str, Any]) -> list[str]:
+    """The speedrun's post-training: answer loss per stage, the reward model's and DPO's accuracies, samples."""
+    losses = post["answer_loss"]
+    rows = [(stage, _fmt(losses[stage])) for stage in ("base", "sft", "dpo") if stage in losses]
+    accuracies = [("reward model, held-out pairwise accuracy", _fmt(post["reward_model_heldout_accuracy"])),
+                  ("DPO, held-out reward accuracy", _fmt(post["dpo_heldout_reward_accuracy"])),
+                  ("DPO, held-out preference accuracy", _fmt(post["dpo_heldout_preference_accuracy"])),
+                  ("DPO, final training reward accuracy", _fmt(post["dpo_final_train_reward_accuracy"]))]
+    sampled = post["rejection_sampling"]
+    parts = ["## Post-training: reward model, SFT, rejection sampling, DPO", "",
+             f"{post['heldout_questions']} held-out questions about the standard library, answered from its "
+             f"docstrings; rejection sampling drew {sampled['samples']} replies for {sampled['prompts']} prompts "
+             f"and kept {sampled['sft_records']} (plus {sampled['preference_pairs']} preference pairs). "
+             f"The chat model is `{post['chat_model']}`.", "",
+             _table(rows, ("model", "held-out answer loss (nats/token)")), "",
+             _table(accuracies, ("", "accuracy")), "", "### Sample conversations", ""]
+    for sample in post["samples"]:
+        parts += [f"**User:** {sample['question']}", "", f"**Assistant:** {sample['answer']}", ""]
+    return parts
 
 
 def markdown_to_html(markdown: str, plot_dir: Path, title: str) -> str:

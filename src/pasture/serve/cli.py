@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from pasture import runs
 from pasture.errors import PastureError
@@ -14,7 +13,7 @@ from pasture.serve import Engine, SamplingParams
 from pasture.serve.chat import TerminalChat
 from pasture.serve.served import load_served
 from pasture.serve.server import ServerLimits, build_app
-from pasture.tokenizer import Tokenizer, find_tokenizer, resolve_tokenizer_path
+from pasture.tokenizer import Tokenizer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -123,7 +122,7 @@ def _chat(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, _ = runs.load(args.checkpoint, device=device)
-    tokenizer = Tokenizer.load(resolve_tokenizer_path(find_tokenizer(Path(args.checkpoint), args.tokenizer)))
+    tokenizer = Tokenizer.load(args.tokenizer or args.checkpoint)
     try:
         params = SamplingParams(
             max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,

@@ -66,18 +66,6 @@ class TokenizerError(PastureError):
     """A tokenizer file that is missing or malformed, or ids that are not in the vocabulary."""
 
 
-def find_tokenizer(model_folder: str | os.PathLike, explicit: str | None = None) -> str:
-    """The tokenizer beside a model: `explicit`, else the `tokenizer.model` in the model's
-    folder or in the run folder holding it (a checkpoint sits two levels down)."""
-    if explicit:
-        return explicit
-    folder = Path(model_folder)
-    for candidate in (folder, folder.parent, folder.parent.parent):
-        if (candidate / "tokenizer.model").is_file():
-            return str(candidate / "tokenizer.model")
-    raise TokenizerError(f"no tokenizer.model found with {folder}; pass --tokenizer PATH (or `llama3`)")
-
-
 def resolve_tokenizer_path(spec: str | os.PathLike) -> Path:
     """Turn a `--tokenizer` value into a tokenizer file path.
 
