@@ -302,3 +302,26 @@ def test_web_page_loads_nothing_from_outside(served):
     for asset in ["/", *assets]:
         response = httpx.get(served[0] + asset)
         assert response.status_code == 200 and not outside.search(response.text), asset
+
+
+def test_load_64_concurrent_streams_no_error_no_leak(random_model, tokenizer):
+    """64 streaming chats at once on loopback, each its own question and seed: every reply is the
+    one that chat gets alone, nothing fails, and the engine ends idle with every request finished."""
+    from pasture.serve.load import run_load
+
+    conversations = [[{"role": "user", "content": f"Question number {i}?"}] for i in range(64)]  # seeds 0..63
+    with live_server(random_model, tokenizer, max_batch_size=8, max_queue=64) as (url, engine):
+        report = run_load(url, MODEL, conversations, max_tokens=12, temperature=0.8, deadline_s=120)
+        _wait_idle(engine)
+        stats = engine.stats()
+        solo = [httpx.post(url + "/v1/chat/completions", timeout=30, json={
+            "model": MODEL, "messages": c, "max_tokens": 12, "temperature": 0.8, "seed": i,
+        }).json()["choices"][0]["message"]["content"] for i, c in enumerate(conversations)]
+    summary = report.summary()
+    assert report.errors == [] and summary["errors"] == 0 and summary["clients"] == 64
+    assert report.replies == solo  # no request saw another's text, batched or not
+    assert stats.requests_finished == 64 and stats.requests_aborted == 0 and stats.running == 0
+    # the engine also counts each stop token it sampled; usage does not
+    assert summary["completion_tokens"] <= stats.generation_tokens <= summary["completion_tokens"] + 64
+    assert summary["tokens_per_s"] > 0 and 0 < summary["latency_p50_s"] <= summary["latency_p99_s"] <= summary["seconds"]
+    assert summary["first_token_p50_s"] <= summary["latency_p50_s"]

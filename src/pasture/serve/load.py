@@ -94,10 +94,11 @@ async def _run(base_url: str, bodies: list[dict[str, Any]], deadline_s: float, a
 
 
 def run_load(base_url: str, model: str, conversations: list[list[dict[str, Any]]], max_tokens: int = 64,
-             temperature: float = 0.0, deadline_s: float = 300.0, api_key: str | None = None) -> LoadReport:
-    """One concurrent streaming chat per conversation, each with its own seed; stops by
-    `deadline_s` at the latest. Replies come back in the conversations' order."""
+             temperature: float = 0.0, deadline_s: float = 300.0, api_key: str | None = None,
+             first_seed: int = 0) -> LoadReport:
+    """One concurrent streaming chat per conversation, seeded `first_seed`, `first_seed + 1`, ...;
+    stops by `deadline_s` at the latest. Replies come back in the conversations' order."""
     bodies = [{"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
-               "seed": i, "stream": True, "stream_options": {"include_usage": True}}
+               "seed": first_seed + i, "stream": True, "stream_options": {"include_usage": True}}
               for i, messages in enumerate(conversations)]
     return asyncio.run(_run(base_url, bodies, deadline_s, api_key))
