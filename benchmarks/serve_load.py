@@ -93,7 +93,7 @@ def main() -> int:
     c = concurrent.summary()
     serial_p50 = concurrent.percentile(serial_latencies, 50)
     lines = [
-        f"| mode | clients at once | errors | completion tokens | seconds | tokens/s | latency p50 / p99 s | "
+        "| mode | clients at once | errors | completion tokens | seconds | tokens/s | latency p50 / p99 s | "
         "first token p50 / p99 s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         f"| concurrent | {args.clients} | {c['errors']} | {c['completion_tokens']} | {c['seconds']:.1f} | "
