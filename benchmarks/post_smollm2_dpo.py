@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from post_throughput import parse_common, smollm2_folder
 
 from pasture.post import qa
