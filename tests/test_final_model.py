@@ -121,6 +121,19 @@ def _workers(parent: int) -> list[int]:
     return sorted(children)
 
 
+def _kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL the torchrun agent and its workers: they run in their own process groups, and
+    an orphaned worker would train on (and load the machine) for the rest of the suite."""
+    workers = _workers(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+
+
 def _wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -147,7 +160,7 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step(token_data, tmp_path):
         output, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_all(proc)
     assert proc.returncode == 0, output[-3000:]
     (step, folder), = ckpt.list_checkpoints(run)
     ckpt.validate(folder)
@@ -165,11 +178,10 @@ def test_async_checkpoint_is_final_as_soon_as_it_is_written(token_data, tmp_path
         first = run / "checkpoints" / "step_00000040"
         _wait_for(lambda: (first / "COMPLETE").is_file() or proc.poll() is not None, 240, "the first checkpoint")
         step_seen = _last_step(run)
-        os.killpg(proc.pid, signal.SIGKILL)  # a crash right after the write finished
-        proc.wait(timeout=60)
+        _kill_all(proc)  # a crash right after the write finished
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_all(proc)
     assert step_seen < 80, "the checkpoint of step 40 only appeared at the next save"
     assert ckpt.latest_valid(run) == first
 
