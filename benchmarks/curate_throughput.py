@@ -93,14 +93,19 @@ def pasture_word_splitter():
 
     from datatrove.utils.word_tokenizers import WordTokenizer
 
-    from pasture.data.filters.base import WORD_RE, TextFeatures
+    from pasture.data.filters.base import TextFeatures
 
     class PastureWords(WordTokenizer):
         def word_tokenize(self, text: str) -> list[str]:
             return TextFeatures(text).words
 
         def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-            return [m.span() for m in WORD_RE.finditer(text)]
+            spans, pos = [], 0
+            for word in TextFeatures(text).words:  # the words in order: each one's place after the last
+                start = text.find(word, pos)
+                spans.append((start, start + len(word)))
+                pos = start + len(word)
+            return spans
 
         def sent_tokenize(self, text: str) -> list[str]:
             return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]

@@ -89,7 +89,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gguf", type=Path, default=SMOLLM2)
     parser.add_argument("--tokens", type=int, default=48)
-    parser.add_argument("--fixture", type=Path, default=None, help="write llama.cpp's tokens on --gguf here (JSON)")
+    parser.add_argument("--fixture", type=Path, default=None,
+                        help="write llama.cpp's tokens on the F32 GGUF of --gguf's weights here (JSON)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"llama-cpp-python {llama_cpp.__version__}, torch {torch.__version__}, threads 2, {args.tokens} greedy tokens")
@@ -107,14 +108,7 @@ def main() -> None:
 
     state, config = read_gguf(args.gguf, progress=False)
     model = pm.from_weights(state, config).eval()
-    rows = compare("source", llm, model, pairs, args.tokens)
-    if args.fixture:
-        args.fixture.parent.mkdir(parents=True, exist_ok=True)
-        cases = [{k: r[k] for k in ("prompt", "prompt_ids", "tokens")} for r in rows]
-        args.fixture.write_text(json.dumps({"gguf": args.gguf.name, "llama_cpp_python": llama_cpp.__version__,
-                                            "sampling": "greedy (top_k=1), F32 KV cache, no stop", "cases": cases},
-                                           indent=1) + "\n")
-        print(f"wrote {args.fixture}")
+    compare("source", llm, model, pairs, args.tokens)
 
     fields = as_hf_tokenizer(tokenizer).gguf_fields()
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,8 +117,23 @@ def main() -> None:
                               tokenizer_fields=fields, progress=False)
             written, _ = pm.load(path)
             written.eval()
-            compare(f"pasture {dtype}", open_llama_cpp(path, f32_cache=True), written, pairs, args.tokens)
+            rows = compare(f"pasture {dtype}", open_llama_cpp(path, f32_cache=True), written, pairs, args.tokens)
             os.remove(path)
+            if dtype == "float32" and args.fixture:
+                write_fixture(args.fixture, args.gguf, rows)
+
+
+def write_fixture(path: Path, gguf: Path, rows: list[dict]) -> None:
+    """llama.cpp's tokens on the F32 GGUF of `gguf`'s dequantized weights: the same numbers pasture
+    computes with. (On a quantized file itself llama.cpp quantizes the activations too, to 8 bits
+    for Q4_1's dot products, so no fp32 implementation can match it token for token.)"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cases = [{k: r[k] for k in ("prompt", "prompt_ids", "tokens")} for r in rows]
+    path.write_text(json.dumps({
+        "gguf": gguf.name, "llama_cpp_python": llama_cpp.__version__,
+        "weights": f"the F32 GGUF pasture writes from {gguf.name}'s dequantized weights",
+        "sampling": "greedy (top_k=1), F32 KV cache, no stop", "cases": cases}, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

