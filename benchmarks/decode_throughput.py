@@ -37,7 +37,7 @@ from pasture import model as pm
 from pasture.model.convert import config_to_hf, to_hf_names
 from pasture.model.gguf import write_gguf
 from pasture.serve import Engine, SamplingParams
-from pasture.serve.quantize import quantize, quantize_int8_torchao
+from pasture.serve.quantize import pack_for_cpu, quantize, quantize_int8_torchao
 from pasture.tokenizer import Tokenizer, as_hf_tokenizer
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -157,7 +157,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="torch.compile pasture's decode step on CPU too")
-    p.add_argument("--skip", nargs="*", default=[], choices=["transformers", "llama.cpp", "int8", "torchao", "vllm"])
+    p.add_argument("--skip", nargs="*", default=[],
+                   choices=["packed", "transformers", "llama.cpp", "int8", "torchao", "vllm"])
     p.add_argument("--record", action="store_true", help=f"append the run to {RESULTS.name}")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -184,6 +185,11 @@ def main() -> int:
     label = "pasture engine " + ("bf16, compiled, CUDA graphs" if cuda else "fp32" + (", compiled" if args.compile else ""))
     rows["pasture"], firsts["pasture"] = pasture_rates(model, prompts, args, compile_decode=args.compile or None)
     names = {"pasture": label}
+
+    if not cuda and "packed" not in args.skip:
+        rows["packed"], firsts["packed"] = pasture_rates(pack_for_cpu(copy.deepcopy(model)), prompts, args)
+        names["packed"] = "pasture engine fp32, oneDNN-packed linears (what `pasture serve` runs on CPU)"
+    main_row = "packed" if "packed" in rows else "pasture"
 
     if "transformers" not in args.skip:
         import transformers
@@ -231,11 +237,13 @@ def main() -> int:
 
     ordered = [(names[k], v) for k, v in rows.items()]
     out = [table(ordered, args.batch_sizes), ""]
-    out.append(ratio(rows, "pasture", "transformers", 1) + " (goal >= 3x on CPU)")
-    out.append(ratio(rows, "pasture", "llama.cpp", 1) + " (goal >= 0.8x)")
-    out.append(ratio(rows, "pasture", "transformers", max(args.batch_sizes)) + " (goal >= 5x on CPU, 10x on GPU)")
+    out.append(ratio(rows, main_row, "transformers", 1) + " (goal >= 3x on CPU)")
+    out.append(ratio(rows, main_row, "llama.cpp", 1) + " (goal >= 0.8x)")
+    out.append(ratio(rows, main_row, "transformers", max(args.batch_sizes)) + " (goal >= 5x on CPU, 10x on GPU)")
+    if "packed" in rows:
+        out.append(ratio(rows, "packed", "pasture", 1) + "; " + ratio(rows, "packed", "pasture", max(args.batch_sizes)))
     if "int8" in rows:
-        out.append(ratio(rows, "int8", "pasture", 1) + "; " + ratio(rows, "int8", "torchao int8", 1))
+        out.append(ratio(rows, "int8", main_row, 1) + "; " + ratio(rows, "int8", "torchao int8", 1))
     if "fp8" in rows:
         out.append(ratio(rows, "fp8", "pasture", 1) + "; " + ratio(rows, "fp8", "pasture", max(args.batch_sizes)))
     same = {k: v == firsts["pasture"] for k, v in firsts.items() if k not in ("pasture", "int8", "fp8")}

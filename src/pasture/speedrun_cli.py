@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the standard library's docstrings) turns it into a chat model for `pasture chat RUNS_DIR/NAME`. "
         "Rerunning the same command skips finished stages and resumes training. Trailing key=value pairs "
         "override the pre-training recipe (e.g. train.steps=100); post.FIELD=VALUE pairs size post-training "
-        "(e.g. post.dpo_steps=30; fields: pairs, heldout_fraction, reward_steps, sft_steps, dpo_steps, "
+        "(e.g. post.dpo_steps=30; fields: pairs, heldout_fraction, reward_steps, sft_steps, dpo_steps, dpo_lr, "
         "batch_size, seq_len, sample_prompts, k, max_tokens, samples_shown).",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value",

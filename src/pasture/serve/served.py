@@ -17,6 +17,7 @@ from pasture.errors import PastureError
 from pasture import runs
 from pasture.serve.engine import Engine
 from pasture.serve.protocol import Tool
+from pasture.serve.quantize import pack_for_cpu
 from pasture.serve.quantize import quantize as quantize_model
 from pasture.serve.tool_calls import tools_prompt
 from pasture.tokenizer import Tokenizer
@@ -78,7 +79,7 @@ def load_served(path: str, *, tokenizer: str | None = None, device: str = "auto"
     """Model, tokenizer, chat encoder and engine for `pasture serve` / `pasture chat`.
 
     PATH is a run folder, a checkpoint, a pasture / Hugging Face / Meta folder, or a GGUF
-    file. On CUDA the weights are bf16; on CPU fp32. `quantize` is int8 (weight-only, CPU)
+    file. On CUDA the weights are bf16; on CPU fp32, packed for oneDNN. `quantize` is int8 (weight-only, CPU)
     or fp8 (Llama 3's FFN recipe, CUDA).
     """
     if quantize not in QUANTIZATIONS:
@@ -89,6 +90,8 @@ def load_served(path: str, *, tokenizer: str | None = None, device: str = "auto"
     tok = Tokenizer.load(tokenizer or path)
     if quantize != "none":
         model = quantize_model(model, quantize)
+    elif torch_device.type == "cpu":
+        model = pack_for_cpu(model)
     engine = Engine(model.eval(), tok, max_batch_size=max_batch_size, max_seq_len=max_seq_len)
     return ServedModel(engine, model_name(path), chat_encoder(tok))
 
