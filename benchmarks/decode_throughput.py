@@ -70,6 +70,7 @@ def pasture_rates(model, prompts, args, compile_decode: bool | None = None) -> t
             first = first or engine.generate(prompts[:1], params)[0].token_ids
             rates[batch] = best_rate(lambda: engine.generate(prompts[:batch], params), batch * args.new_tokens,
                                      args.repeats)
+            print(f"  pasture batch {batch}: {rates[batch]:.1f} tokens/s", flush=True)
     return rates, first
 
 
@@ -87,6 +88,7 @@ def transformers_rates(hf_model, prompts, args) -> tuple[dict[int, float], list[
         run(batch, 4)  # warm-up
         first = first or run(1, args.new_tokens)[0, args.prompt_tokens:].tolist()
         rates[batch] = best_rate(lambda: run(batch, args.new_tokens), batch * args.new_tokens, args.repeats)
+        print(f"  transformers batch {batch}: {rates[batch]:.1f} tokens/s", flush=True)
     return rates, first
 
 
