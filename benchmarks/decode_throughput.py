@@ -133,6 +133,45 @@ def hf_from_pasture(model, dtype: torch.dtype, device: str):
     return hf.eval()
 
 
+def cpu_roofline(model) -> dict[str, float]:
+    """This machine's ceilings for the model's fp32 decode: weight bytes over read bandwidth at batch 1
+    (every step reads every weight once), FLOPs over fp32 matmul peak at large batch."""
+    weights = [p.detach() for p in model.parameters()]  # tied embeddings appear once
+    weight_bytes = sum(w.numel() * w.element_size() for w in weights)
+    matmul_params = sum(w.numel() for w in weights if w.dim() == 2)
+    if not model.config.tie_embeddings:  # an untied embedding is a lookup, not a matmul
+        matmul_params -= model.tok_embeddings.weight.numel()
+
+    def best_seconds(run: Callable[[], object], repeats: int = 5) -> float:
+        run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    bandwidth = weight_bytes / best_seconds(lambda: [w.sum() for w in weights])
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    peak = 2 * 2048**3 / best_seconds(lambda: a @ b)
+    return {"weight_bytes": weight_bytes, "bandwidth": bandwidth, "peak_flops": peak,
+            "batch1_ceiling": bandwidth / weight_bytes, "compute_ceiling": peak / (2 * matmul_params)}
+
+
+def roofline_lines(roof: dict[str, float], rows: dict[str, dict[int, float]], big_batch: int) -> list[str]:
+    lines = [f"roofline: reading all {roof['weight_bytes'] / 1e6:.0f} MB of weights at {roof['bandwidth'] / 1e9:.1f} GB/s "
+             f"(torch sum, all threads) caps batch 1 at {roof['batch1_ceiling']:.1f} tokens/s; fp32 matmul peak "
+             f"{roof['peak_flops'] / 1e9:.0f} GFLOP/s caps any batch at {roof['compute_ceiling']:.0f} tokens/s"]
+    transformers = rows.get("transformers", {})
+    if 1 in transformers:
+        lines.append(f"  goal batch 1 >= 3x transformers = {3 * transformers[1]:.1f} tokens/s: "
+                     f"{3 * transformers[1] / roof['batch1_ceiling']:.2f}x the bandwidth ceiling")
+    if big_batch in transformers:
+        lines.append(f"  goal batch {big_batch} >= 5x transformers = {5 * transformers[big_batch]:.0f} tokens/s: "
+                     f"{5 * transformers[big_batch] / roof['compute_ceiling']:.2f}x the compute ceiling")
+    return lines
+
+
 def table(rows: list[tuple[str, dict[int, float]]], batch_sizes: list[int]) -> str:
     head = "| engine | " + " | ".join(f"batch {b} tok/s" for b in batch_sizes) + " |"
     lines = [head, "|---|" + "---:|" * len(batch_sizes)]
@@ -248,6 +287,8 @@ def main() -> int:
         out.append(ratio(rows, "int8", main_row, 1) + "; " + ratio(rows, "int8", "torchao int8", 1))
     if "fp8" in rows:
         out.append(ratio(rows, "fp8", "pasture", 1) + "; " + ratio(rows, "fp8", "pasture", max(args.batch_sizes)))
+    if not cuda:
+        out += roofline_lines(cpu_roofline(model), rows, max(args.batch_sizes))
     same = {k: v == firsts["pasture"] for k, v in firsts.items() if k not in ("pasture", "int8", "fp8")}
     out.append("greedy tokens of prompt 0 equal pasture's: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
     out += notes

@@ -130,6 +130,11 @@ def main() -> None:
             worst = max(worst, abs(ours[task][metric] - theirs[task][metric]))
         print(f"| {task} | {len(our_ll[task])} | {ours[task]['acc']:.4f} | {theirs[task]['acc']:.4f} | "
               f"{ours[task]['acc_norm']:.4f} | {theirs[task]['acc_norm']:.4f} | {differ} | {diff:.2e} |")
+    gap, where = max((abs(x - y), (task, doc, choice, x, y)) for task in TASKS
+                     for doc, (a, b) in enumerate(zip(our_ll[task], their_ll[task]))
+                     for choice, (x, y) in enumerate(zip(a, b)))
+    print(f"largest log-likelihood gap: {where[0]} item {where[1]} choice {where[2]}: pasture {where[3]:.4f}, "
+          f"lm-eval {where[4]:.4f}")
     first = min(200, args.limit)
     for name, items in (("pasture", our_items), ("lm-eval", their_items)):
         arc = items["arc_easy"][:first]

@@ -77,6 +77,13 @@ def test_batched_tree_scores_equal_plain_forwards(model):
                 assert greedy == want_greedy
 
 
+def test_batches_hold_groups_of_similar_packed_length(model):
+    lengths = [100, 95, 90, 85, 50, 45, 10]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    # full at 3 groups; 50 < 0.8 x 85 and 10 < 0.8 x 50 start new batches
+    assert LoglikelihoodScorer(model, 3, progress=False)._batches(order, lengths) == [[0, 1, 2], [3], [4, 5], [6]]
+
+
 def test_rolling_windows_predict_every_token_once(model):
     tokens = list(range(100, 1100))
     windows = rolling_windows(tokens, 1, 300)

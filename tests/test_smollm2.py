@@ -22,8 +22,10 @@ LLAMA_CPP_TOKENS = FIXTURES / "smollm2_llamacpp_tokens.json"  # llama.cpp's toke
 # itself llama.cpp also quantizes the activations to 8 bits, which no fp32 forward reproduces)
 LLAMA_CPP_GREEDY = FIXTURES / "smollm2_llamacpp_greedy.json"
 # transformers' GGUF tokenizer has no smollm digit split: it keeps " ١٢٣" (Arabic-Indic digits) whole,
-# where llama.cpp and SmolLM2's own tokenizer.json (Digits, individual) split every digit
-TRANSFORMERS_GGUF_DIFFERS = {"arabic"}
+# where llama.cpp and SmolLM2's own tokenizer.json (Digits, individual) split every digit; and it
+# cuts a run of spaces before a digit one short (PIQA item 139: "yoghurt    1 tablespoon")
+TRANSFORMERS_GGUF_DIFFERS = {"arabic", "spaces_before_digits"}
+SPACED_DIGITS = {"spaces_before_digits": "1/2 cup natural greek yoghurt    1 tablespoon chia seeds  3/4 cup"}
 CHAT_MARKUP = {
     "chatml": "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n",
     "code_markup": "<file_sep>main.py\n<|endoftext|>def main():\n\tpass",
@@ -72,7 +74,7 @@ def test_logits_equal_transformers(ours, theirs):
 
 def test_tokenizer_ids_equal_llama_cpp(ours):
     recorded = json.loads(LLAMA_CPP_TOKENS.read_text())
-    texts = {**VARIED_TEXTS, **CHAT_MARKUP}
+    texts = {**VARIED_TEXTS, **SPACED_DIGITS, **CHAT_MARKUP}
     assert sorted(recorded["ids"]) == sorted(texts)
     for name, ids in recorded["ids"].items():
         assert ours[2].encode(texts[name], allowed_special="all") == ids, name
@@ -80,7 +82,7 @@ def test_tokenizer_ids_equal_llama_cpp(ours):
 
 @pytest.mark.parametrize("name", sorted(set(VARIED_TEXTS) - TRANSFORMERS_GGUF_DIFFERS) + sorted(CHAT_MARKUP))
 def test_tokenizer_ids_equal_transformers(ours, theirs, name):
-    text = {**VARIED_TEXTS, **CHAT_MARKUP}[name]
+    text = {**VARIED_TEXTS, **SPACED_DIGITS, **CHAT_MARKUP}[name]
     tokenizer = ours[2]
     want = theirs[1](text)["input_ids"]
     assert tokenizer.encode(text, bos=tokenizer.add_bos, allowed_special="all") == want

@@ -4,8 +4,9 @@ A *group* is a list of (context ids, continuation ids) requests that usually sha
 the choices of one multiple-choice item share the few-shot examples and the question. The
 scorer packs a group into one row as a tree: the group's common prefix once, then each
 request's remaining tokens as a branch that attends to the prefix and to itself only (a dense
-attention mask, rotary positions that continue the prefix in every branch). Groups are sorted
-by length and batched; the prefix that all groups of a batch share (a few-shot context common
+attention mask, rotary positions that continue the prefix in every branch). A sequence's last
+token predicts nothing and is not fed. Groups are sorted by packed length and batched with
+little padding (a batch ends where lengths drop below `min_fill` of its longest); the prefix that all groups of a batch share (a few-shot context common
 to the batch, or just BOS) is run once with batch size 1 into a KV cache that every row reads.
 Only the positions that predict continuation tokens are projected to the vocabulary.
 
@@ -48,24 +49,32 @@ class _Row:
 
 
 def _pack(seqs: list[list[int]], n_continuation: list[int], skip: int) -> _Row:
-    """Pack one group's sequences (the first `skip` tokens, shared by the whole batch, dropped)."""
-    rests = [s[skip:] for s in seqs]
-    shared = min(common_prefix_length(rests), min(len(r) for r in rests) - 1)
-    tokens, positions, branch = list(rests[0][:shared]), list(range(shared)), [-1] * shared
+    """Pack one group's sequences (the first `skip` tokens, shared by the whole batch, dropped).
+
+    A sequence's last token predicts nothing, so it is not fed: each branch ends one token early."""
+    feeds = [s[skip:-1] for s in seqs]
+    shared = common_prefix_length(feeds)
+    tokens, positions, branch = list(feeds[0][:shared]), list(range(shared)), [-1] * shared
     targets: list[tuple[int, int]] = []
     spans = []
-    for i, (rest, n) in enumerate(zip(rests, n_continuation)):
+    for i, (feed, seq, n) in enumerate(zip(feeds, seqs, n_continuation)):
         start = len(tokens)
-        tokens.extend(rest[shared:])
-        positions.extend(range(shared, len(rest)))
-        branch.extend([i] * (len(rest) - shared))
+        tokens.extend(feed[shared:])
+        positions.extend(range(shared, len(feed)))
+        branch.extend([i] * (len(feed) - shared))
         first = len(targets)
-        for j in range(len(rest) - n, len(rest)):
-            before = j - 1  # the position whose logits predict token j
+        for before in range(len(feed) - n, len(feed)):  # the position whose logits predict the next token
             index = before if before < shared else start + before - shared
-            targets.append((index, rest[j]))
+            targets.append((index, seq[skip + before + 1]))
         spans.append((first, len(targets)))
     return _Row(tokens, positions, branch, targets, spans)
+
+
+def _packed_length(seqs: list[list[int]]) -> int:
+    """Tokens `_pack` feeds for a group (with no batch prefix), to sort and batch groups by."""
+    feeds = [s[:-1] for s in seqs]
+    shared = common_prefix_length(feeds)
+    return shared + sum(len(f) - shared for f in feeds)
 
 
 def _tree_mask(rows: list[_Row], length: int, prefix: int, device: torch.device) -> torch.Tensor:
@@ -90,6 +99,8 @@ def _tree_mask(rows: list[_Row], length: int, prefix: int, device: torch.device)
 
 class LoglikelihoodScorer:
     """Scores groups of requests with a pasture Transformer; `batch_size` groups per forward."""
+
+    min_fill = 0.8  # a batch's shortest group is at least this fraction of its longest
 
     def __init__(self, model: Transformer, batch_size: int = 32, max_length: int | None = None,
                  progress: bool = True) -> None:
@@ -120,16 +131,26 @@ class LoglikelihoodScorer:
     def score(self, groups: list[list[Request]], desc: str = "scoring") -> list[list[Score]]:
         """(log-probability, is-greedy) of every request, in the order given."""
         prepared = [self._sequences(g) for g in groups]
-        order = sorted(range(len(groups)), key=lambda i: -sum(len(s) for s in prepared[i][0]))
+        lengths = [_packed_length(seqs) for seqs, _ in prepared]
+        order = sorted(range(len(groups)), key=lambda i: -lengths[i])
         out: list[list[Score]] = [[] for _ in groups]
         bar = tqdm(total=len(groups), desc=desc, unit="item", disable=not self.progress, leave=False)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
+        for batch in self._batches(order, lengths):
             for i, scores in zip(batch, self._score_batch([prepared[i] for i in batch])):
                 out[i] = scores
             bar.update(len(batch))
         bar.close()
         return out
+
+    def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """Up to `batch_size` groups per forward, longest first; a batch also ends where the next
+        group is shorter than `min_fill` of the batch's first, so padding stays under a fifth."""
+        batches: list[list[int]] = []
+        for i in order:
+            if not batches or len(batches[-1]) == self.batch_size or lengths[i] < self.min_fill * lengths[batches[-1][0]]:
+                batches.append([])
+            batches[-1].append(i)
+        return batches
 
     def _score_batch(self, batch: list[tuple[list[list[int]], list[int]]]) -> list[list[Score]]:
         every = [s for seqs, _ in batch for s in seqs]
@@ -137,7 +158,7 @@ class LoglikelihoodScorer:
         limit = min(len(s) - n - 1 for seqs, ns in batch for s, n in zip(seqs, ns))
         prefix = min(common_prefix_length(every), limit)
         rows = [_pack(seqs, ns, prefix) for seqs, ns in batch]
-        length = max(len(r.tokens) for r in rows)
+        length = max(1, max(len(r.tokens) for r in rows))
         device = self.device
         tokens = torch.zeros(len(rows), length, dtype=torch.long)
         positions = torch.zeros(len(rows), length, dtype=torch.long)
