@@ -28,15 +28,24 @@ def _reference(h, w, t):
     return F.cross_entropy(h @ w.T, t, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+@pytest.mark.parametrize("scored_only", [False, True])
 @pytest.mark.parametrize("chunk_tokens", [64, 100, 8192])
-def test_loss_and_gradients_equal_full_logits(chunk_tokens):
+def test_loss_and_gradients_equal_full_logits(chunk_tokens, scored_only):
     problem = _problem()
-    loss, grad_hidden, grad_weight = _grads(lambda h, w, t: cross_entropy_sum(h, w, t, chunk_tokens), *problem)
+    loss, grad_hidden, grad_weight = _grads(
+        lambda h, w, t: cross_entropy_sum(h, w, t, chunk_tokens, scored_only=scored_only), *problem)
     ref_loss, ref_hidden, ref_weight = _grads(_reference, *problem)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-3)
     torch.testing.assert_close(grad_hidden, ref_hidden, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(grad_weight, ref_weight, rtol=1e-5, atol=1e-7)
     assert grad_hidden[::7].abs().max() == 0  # ignored positions get no gradient
+
+
+def test_scored_only_with_every_target_masked_is_zero_with_zero_gradients():
+    hidden, weight, targets = _problem()
+    loss, grad_hidden, grad_weight = _grads(lambda h, w, t: cross_entropy_sum(h, w, t, 64, scored_only=True),
+                                            hidden, weight, torch.full_like(targets, IGNORE_INDEX))
+    assert loss == 0 and grad_hidden.abs().max() == 0 and grad_weight.abs().max() == 0
 
 
 def test_without_gradients_gives_the_same_loss():

@@ -120,7 +120,7 @@ class PlainModelView:
     def token_loss_sum(self, inputs: torch.Tensor, targets: torch.Tensor,
                        document_ids: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.module(inputs, document_ids, return_hidden=True)
-        return cross_entropy_sum(hidden, self.module.output.weight, targets, self.chunk_tokens)
+        return cross_entropy_sum(hidden, self.module.output.weight, targets, self.chunk_tokens, scored_only=True)
 
 
 def starting_point(model_spec: str, run_dir: Path) -> tuple[nn.Module, ModelConfig, str]:
@@ -149,7 +149,8 @@ def run_task(task: PostTask, recipe: PostRecipe, raw_recipe: dict[str, Any], mod
     spec = RunnerSpec(model_config=model_config, parallel=recipe.parallel, layout=layout, device=device,
                       autocast_dtype=autocast_dtype(recipe, device), seed=t.seed,
                       attention_backend=recipe.model.attention_backend, init_from=init_from, compile=t.compile,
-                      micro_batch_size=t.micro_batch_size, loss_chunk_tokens=t.loss_chunk_tokens)
+                      micro_batch_size=t.micro_batch_size, loss_chunk_tokens=t.loss_chunk_tokens,
+                      loss_scored_only=True)
     runner = build_runner(spec, task.wrap_model)
     c, lg = recipe.checkpoint, recipe.log
     loop = LoopConfig(run_dir=run_dir, steps=t.steps, optim=recipe.optim, resume=recipe.resume,

@@ -106,23 +106,31 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 None, None)
 
 
-def _apply(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, **chunking) -> torch.Tensor:
+def _apply(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scored_only: bool,
+           **chunking) -> torch.Tensor:
     grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
-                                     _Chunking(grads=grads, **chunking))
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    if scored_only:
+        keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+        hidden, targets = hidden.index_select(0, keep), targets.index_select(0, keep)
+    return _LinearCrossEntropy.apply(hidden, weight, targets, _Chunking(grads=grads, **chunking))
 
 
 def cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                      chunk_tokens: int = 8192, compiled: bool = False) -> torch.Tensor:
+                      chunk_tokens: int = 8192, compiled: bool = False, scored_only: bool = False) -> torch.Tensor:
     """Summed next-token loss of `hidden` [..., dim] projected by `weight` [vocab, dim] against
-    `targets` [...] (IGNORE_INDEX positions contribute nothing), `chunk_tokens` rows at a time."""
-    return _apply(hidden, weight, targets, tokens=chunk_tokens, compiled=compiled)
+    `targets` [...] (IGNORE_INDEX positions contribute nothing), `chunk_tokens` rows at a time.
+
+    scored_only: project only the rows with a target. Worth its index (a device sync) when
+    most rows are masked, as in post-training, where prompts carry no loss."""
+    return _apply(hidden, weight, targets, scored_only, tokens=chunk_tokens, compiled=compiled)
 
 
 def vocab_parallel_cross_entropy_sum(hidden: torch.Tensor, weight_shard: torch.Tensor, targets: torch.Tensor,
-                                     vocab_start: int, group, chunk_tokens: int = 8192) -> torch.Tensor:
+                                     vocab_start: int, group, chunk_tokens: int = 8192,
+                                     scored_only: bool = False) -> torch.Tensor:
     """`cross_entropy_sum` with the output projection split over the vocabulary (tensor
     parallelism): every rank holds all of `hidden`'s rows and `weight_shard`, its vocabulary
     rows from `vocab_start`; no rank ever holds logits of the whole vocabulary. The result
     (and the gradient of `hidden`) is the same on every rank of `group`."""
-    return _apply(hidden, weight_shard, targets, tokens=chunk_tokens, vocab_start=vocab_start, group=group)
+    return _apply(hidden, weight_shard, targets, scored_only, tokens=chunk_tokens, vocab_start=vocab_start, group=group)

@@ -287,7 +287,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
 
 
 def vocab_parallel_loss_sum(output: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                            chunk_tokens: int = 8192) -> torch.Tensor:
+                            chunk_tokens: int = 8192, scored_only: bool = False) -> torch.Tensor:
     """Summed cross-entropy with the output projection sharded over the vocabulary (TP): each
     rank projects the whole sequence onto its slice of the vocabulary, chunk by chunk, and
     the softmax's maxima and sums are all-reduced, so no rank holds full logits
@@ -298,7 +298,7 @@ def vocab_parallel_loss_sum(output: nn.Module, hidden: torch.Tensor, targets: to
     shard = weight.to_local()
     mesh = weight.device_mesh
     return vocab_parallel_cross_entropy_sum(hidden, shard, targets, mesh.get_local_rank() * shard.shape[0],
-                                            mesh.get_group(), chunk_tokens)
+                                            mesh.get_group(), chunk_tokens, scored_only)
 
 
 # ---------------------------------------------------------------- context parallel

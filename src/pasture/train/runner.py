@@ -63,6 +63,7 @@ class Runner:
     tp: bool = False
     loss_chunk_tokens: int = 8192
     compile_loss: bool = False  # torch.compile the chunked loss's elementwise work (`train.compile`)
+    loss_scored_only: bool = False  # project only rows with a target (post-training: prompts are masked)
     float8_all_gather: bool = False  # FSDP gathers float8 weights, whose scales follow every weight change
 
     # ---------------------------------------------------------------- what the loop calls
@@ -162,8 +163,10 @@ class Runner:
     def _hidden_loss_sum(self, holder: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of hidden states against the output projection `holder` holds."""
         if self.tp:
-            return parallel.vocab_parallel_loss_sum(holder.output, hidden, targets, self.loss_chunk_tokens)
-        return cross_entropy_sum(hidden, holder.output.weight, targets, self.loss_chunk_tokens, self.compile_loss)
+            return parallel.vocab_parallel_loss_sum(holder.output, hidden, targets, self.loss_chunk_tokens,
+                                                    self.loss_scored_only)
+        return cross_entropy_sum(hidden, holder.output.weight, targets, self.loss_chunk_tokens, self.compile_loss,
+                                 self.loss_scored_only)
 
     def _pipeline_step(self, batch: Batch, objective: Objective, scale: torch.Tensor) -> torch.Tensor:
         if not isinstance(objective, NextTokenObjective):
@@ -214,6 +217,7 @@ class RunnerSpec:
     compile: bool = False
     micro_batch_size: int = 0
     loss_chunk_tokens: int = 8192
+    loss_scored_only: bool = False  # see Runner.loss_scored_only
 
 
 def _unwrapped(model: nn.Module) -> Transformer:
@@ -260,7 +264,7 @@ def build_runner(spec: RunnerSpec, wrap_model: Callable[[Transformer], nn.Module
             layer.compile()
     return Runner(model, transformer, spec.device, spec.autocast_dtype, parallel_config=spec.parallel,
                   micro_batch_size=spec.micro_batch_size, loss_chunk_tokens=spec.loss_chunk_tokens,
-                  compile_loss=spec.compile)
+                  compile_loss=spec.compile, loss_scored_only=spec.loss_scored_only)
 
 
 def _build_distributed(spec: RunnerSpec, wrap_model) -> Runner:
@@ -278,7 +282,7 @@ def _build_distributed(spec: RunnerSpec, wrap_model) -> Runner:
     runner = Runner(model, transformer, device, spec.autocast_dtype, parallel_config=cfg, layout=layout,
                     micro_batch_size=spec.micro_batch_size, tp=layout.tp > 1, dp_group=mesh.dp.get_group(),
                     dp_cp_group=mesh.dp_cp.get_group(), loss_chunk_tokens=spec.loss_chunk_tokens,
-                    compile_loss=spec.compile, float8_all_gather=float8.fsdp_float8_all_gather(spec.float8, layout.fsdp))
+                    compile_loss=spec.compile, loss_scored_only=spec.loss_scored_only, float8_all_gather=float8.fsdp_float8_all_gather(spec.float8, layout.fsdp))
     if layout.cp > 1:
         runner.cp_group = mesh.cp.get_group()
         runner.context_parallel = parallel.ContextParallel(runner.cp_group, layout.cp, mesh.cp.get_local_rank(),
