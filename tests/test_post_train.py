@@ -163,3 +163,21 @@ def test_reward_model_under_torchrun_fsdp_matches_one_process(base, data, tmp_pa
         {"dpo": dpo, "reward": reward}[method](base, [data["prefs"]], tmp_path / f"{method}-1", r, raw, log=quiet)
         two, one = train_rows(tmp_path / f"{method}-2"), train_rows(tmp_path / f"{method}-1")
         assert [x["loss"] for x in two] == pytest.approx([x["loss"] for x in one], abs=1e-5)
+
+
+def test_tree_rows_give_each_sides_log_probs_of_a_plain_forward():
+    from pasture.post.data import Preference, Skipped
+    from pasture.post.dpo import pair_logprobs
+    from pasture.post.encode import encode_pairs
+    from pasture.post.trainer import PlainModelView
+
+    model, encoder = tiny_model(seed=5).eval(), llama3_encoder()
+    records = [Preference(r["messages"], [r["chosen"], r["rejected"]]) for r in qa_preferences(5)]
+    pairs = encode_pairs(encoder, records, 512, Skipped())
+    got = pair_logprobs(PlainModelView(model), pairs, torch.device("cpu"), batch_size=2)
+    for pair, (chosen, rejected) in zip(pairs, got.tolist()):
+        for side, value in ((pair.chosen, chosen), (pair.rejected, rejected)):
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(torch.tensor([side.tokens]))[0, :-1].double(), -1)
+            scored = [j for j in range(1, len(side.tokens)) if side.loss_mask[j]]
+            assert value == pytest.approx(sum(float(logprobs[j - 1, side.tokens[j]]) for j in scored), abs=1e-4)

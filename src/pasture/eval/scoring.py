@@ -2,13 +2,12 @@
 
 A *group* is a list of (context ids, continuation ids) requests that usually share a prefix:
 the choices of one multiple-choice item share the few-shot examples and the question. The
-scorer packs a group into one row as a tree: the group's common prefix once, then each
-request's remaining tokens as a branch that attends to the prefix and to itself only (a dense
-attention mask, rotary positions that continue the prefix in every branch). A sequence's last
-token predicts nothing and is not fed. Groups are sorted by packed length and batched with
-little padding (a batch ends where lengths drop below `min_fill` of its longest); the prefix that all groups of a batch share (a few-shot context common
-to the batch, or just BOS) is run once with batch size 1 into a KV cache that every row reads.
-Only the positions that predict continuation tokens are projected to the vocabulary.
+scorer packs each group into one row as a tree (`pasture.model.tree`: the common prefix once,
+then each request's own tokens as a branch). Groups are sorted by packed length and batched
+with little padding (a batch ends where lengths drop below `min_fill` of its longest); the
+prefix that all groups of a batch share (a few-shot context common to the batch, or just
+BOS) is run once with batch size 1 into a KV cache that every row reads. Only the positions
+that predict continuation tokens are projected to the vocabulary.
 
 Every log-probability equals the one a plain forward over `context + continuation` gives
 (tests/test_eval.py checks it against unbatched forwards).
@@ -22,52 +21,30 @@ import torch
 from tqdm import tqdm
 
 from pasture.model.llama import AttentionMask, KVCache, Transformer
+from pasture.model.tree import TreeRow, common_prefix_length, pack_tree, pad_tree_rows, tree_attention_mask
 
 Request = tuple[list[int], list[int]]  # (context ids, continuation ids); context never empty
 Score = tuple[float, bool]  # (sum of log-probabilities, every continuation token the argmax)
-
-
-def common_prefix_length(seqs: list[list[int]]) -> int:
-    shortest = min(len(s) for s in seqs)
-    first = seqs[0]
-    for i in range(shortest):
-        token = first[i]
-        if any(s[i] != token for s in seqs):
-            return i
-    return shortest
 
 
 @dataclass
 class _Row:
     """One group packed as a tree, after the batch's shared prefix was removed."""
 
-    tokens: list[int]
-    positions: list[int]  # rotary positions relative to the end of the batch prefix
-    branch: list[int]  # -1: the group's shared prefix, i: request i's own tokens
-    targets: list[tuple[int, int]]  # (packed index that predicts, token predicted) for every request's continuation
+    tree: TreeRow
+    targets: list[tuple[int, int]]  # every request's continuation targets, request after request
     spans: list[tuple[int, int]]  # each request's slice of `targets`
 
 
 def _pack(seqs: list[list[int]], n_continuation: list[int], skip: int) -> _Row:
-    """Pack one group's sequences (the first `skip` tokens, shared by the whole batch, dropped).
-
-    A sequence's last token predicts nothing, so it is not fed: each branch ends one token early."""
-    feeds = [s[skip:-1] for s in seqs]
-    shared = common_prefix_length(feeds)
-    tokens, positions, branch = list(feeds[0][:shared]), list(range(shared)), [-1] * shared
-    targets: list[tuple[int, int]] = []
-    spans = []
-    for i, (feed, seq, n) in enumerate(zip(feeds, seqs, n_continuation)):
-        start = len(tokens)
-        tokens.extend(feed[shared:])
-        positions.extend(range(shared, len(feed)))
-        branch.extend([i] * (len(feed) - shared))
-        first = len(targets)
-        for before in range(len(feed) - n, len(feed)):  # the position whose logits predict the next token
-            index = before if before < shared else start + before - shared
-            targets.append((index, seq[skip + before + 1]))
-        spans.append((first, len(targets)))
-    return _Row(tokens, positions, branch, targets, spans)
+    """Pack one group's sequences (the first `skip` tokens, shared by the whole batch, dropped)."""
+    rests = [s[skip:] for s in seqs]
+    tree = pack_tree(rests, [range(len(r) - n, len(r)) for r, n in zip(rests, n_continuation)])
+    targets, spans = [], []
+    for request_targets in tree.targets:
+        spans.append((len(targets), len(targets) + len(request_targets)))
+        targets.extend(request_targets)
+    return _Row(tree, targets, spans)
 
 
 def _packed_length(seqs: list[list[int]]) -> int:
@@ -75,26 +52,6 @@ def _packed_length(seqs: list[list[int]]) -> int:
     feeds = [s[:-1] for s in seqs]
     shared = common_prefix_length(feeds)
     return shared + sum(len(f) - shared for f in feeds)
-
-
-def _tree_mask(rows: list[_Row], length: int, prefix: int, device: torch.device) -> torch.Tensor:
-    """bool [B, 1, T, prefix + T]: every real query sees the batch prefix, its group's prefix and its own branch."""
-    pad_branch = -2
-    branch = torch.full((len(rows), length), pad_branch, dtype=torch.long)
-    pos = torch.full((len(rows), length), 0, dtype=torch.long)
-    for b, row in enumerate(rows):
-        n = len(row.tokens)
-        branch[b, :n] = torch.tensor(row.branch)
-        pos[b, :n] = torch.tensor(row.positions)
-        pos[b, n:] = torch.arange(length - n)  # padding attends causally to padding only
-    same = (branch[:, None, :] == -1) | (branch[:, None, :] == branch[:, :, None])
-    causal = pos[:, None, :] <= pos[:, :, None]
-    pad_query = branch[:, :, None] == pad_branch
-    allowed = torch.where(pad_query, (branch[:, None, :] == pad_branch) & causal, same & causal)
-    if prefix:
-        seen = torch.ones(len(rows), length, prefix, dtype=torch.bool)
-        allowed = torch.cat([seen, allowed], dim=-1)
-    return allowed[:, None].to(device)
 
 
 class LoglikelihoodScorer:
@@ -158,15 +115,11 @@ class LoglikelihoodScorer:
         limit = min(len(s) - n - 1 for seqs, ns in batch for s, n in zip(seqs, ns))
         prefix = min(common_prefix_length(every), limit)
         rows = [_pack(seqs, ns, prefix) for seqs, ns in batch]
-        length = max(1, max(len(r.tokens) for r in rows))
+        length = max(1, max(len(r.tree.tokens) for r in rows))
         device = self.device
-        tokens = torch.zeros(len(rows), length, dtype=torch.long)
-        positions = torch.zeros(len(rows), length, dtype=torch.long)
-        for b, row in enumerate(rows):
-            tokens[b, :len(row.tokens)] = torch.tensor(row.tokens)
-            positions[b, :len(row.tokens)] = torch.tensor(row.positions)
+        tokens, positions, branch = pad_tree_rows([r.tree for r in rows], length)
         cache = self._prefix_cache(every[0][:prefix], len(rows), length) if prefix else None
-        mask = AttentionMask("dense", dense=_tree_mask(rows, length, prefix, device))
+        mask = AttentionMask("dense", dense=tree_attention_mask(positions, branch, prefix).to(device))
         hidden = self.model(tokens.to(device), cache=cache, positions=(positions + prefix).to(device), mask=mask,
                             return_hidden=True)
         rows_index = torch.tensor([b for b, row in enumerate(rows) for _ in row.targets])

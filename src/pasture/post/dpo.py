@@ -9,6 +9,10 @@
   log-prob sums (`dpo.mask_format_tokens=false` keeps them, as TRL does);
 - plus `dpo.nll_weight` (0.2) × the chosen responses' NLL per token.
 
+Each pair runs as one tree row (`encode.tree_pairs`): the prompt once, the two responses as
+branches. A pair's log-probs are computed alone, cut to its own length, so they are the same
+in the reference pass and in any training batch.
+
 One step's target count is its number of pairs; the NLL term is scaled by pairs / chosen
 tokens of the whole step, so after the core divides by the pair count it is the NLL per
 chosen token of the step, with or without gradient accumulation.
@@ -25,7 +29,9 @@ import torch
 from torch import nn
 
 from pasture.post.data import read_preferences
-from pasture.post.encode import ChatEncoder, EncodedPair, pad_pairs
+from pasture.model.llama import AttentionMask
+from pasture.model.tree import tree_attention_mask
+from pasture.post.encode import ChatEncoder, EncodedPair, tree_pairs
 from pasture.post.losses import dpo_loss
 from pasture.post.models import load_encoder
 from pasture.post.recipe import PostRecipe
@@ -39,11 +45,17 @@ REFERENCE_FILE = "reference_logprobs.pt"
 
 
 def row_logprobs(model: ModelView, batch: Batch) -> torch.Tensor:
-    """Summed log-probs of each row's scored tokens [rows], one sequence per call, each cut to its
-    own length: the core's chunked (and under TP vocabulary-parallel) loss, never a pad."""
-    inputs, targets = batch["inputs"], batch["targets"]
-    return torch.stack([-model.token_loss_sum(inputs[r:r + 1, :n], targets[r:r + 1, :n])
-                        for r, n in enumerate(batch["lengths"].tolist())]).float()
+    """Summed log-probs of the scored tokens [2 x pairs]: every chosen response, then every
+    rejected one. One pair's tree row per forward, cut to its own length, never a pad; the
+    core's chunked (and under TP vocabulary-parallel) loss on the scored positions only."""
+    chosen, rejected = [], []
+    for r, n in enumerate(batch["lengths"].tolist()):
+        positions = batch["positions"][r:r + 1, :n]
+        mask = AttentionMask("dense", dense=tree_attention_mask(positions, batch["branch"][r:r + 1, :n]))
+        hidden = model.hidden_states(batch["inputs"][r:r + 1, :n], positions, mask)
+        chosen.append(-model.hidden_loss_sum(hidden, batch["chosen_targets"][r:r + 1, :n]))
+        rejected.append(-model.hidden_loss_sum(hidden, batch["rejected_targets"][r:r + 1, :n]))
+    return torch.stack(chosen + rejected).float()
 
 
 class DPOObjective:
@@ -55,7 +67,7 @@ class DPOObjective:
         self.reference = PlainModelView(reference) if reference is not None else None
 
     def count_targets(self, batch: Batch) -> int:
-        return int(batch["inputs"].shape[0] // 2)
+        return int(batch["inputs"].shape[0])
 
     def loss(self, model: ModelView, batch: Batch) -> LossOutput:
         policy = row_logprobs(model, batch)
@@ -79,7 +91,7 @@ class DPOObjective:
 
 
 @torch.no_grad()
-def pair_logprobs(model: ModelView, pairs: Sequence[EncodedPair], pad_id: int, device: torch.device,
+def pair_logprobs(model: ModelView, pairs: Sequence[EncodedPair], device: torch.device,
                   autocast_dtype: torch.dtype | None = None, batch_size: int = 8, desc: str = "") -> torch.Tensor:
     """[pairs, 2] summed response log-probs (chosen, rejected) of every pair, computed as the
     training step computes them (so policy = reference gives exactly ln 2 at step 1)."""
@@ -88,14 +100,14 @@ def pair_logprobs(model: ModelView, pairs: Sequence[EncodedPair], pad_id: int, d
     out = []
     for start in tqdm(range(0, len(pairs), batch_size), desc=desc or "log-probs", unit="batch",
                       disable=not desc or len(pairs) <= batch_size * 4):
-        batch = {k: v.to(device) for k, v in pad_pairs(pairs[start:start + batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in tree_pairs(pairs[start:start + batch_size]).items()}
         with autocast(device, autocast_dtype):
             out.append(torch.stack(row_logprobs(model, batch).chunk(2), dim=1).cpu())
     return torch.cat(out)
 
 
 def _pairs_digest(pairs: Sequence[EncodedPair]) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(b"tree rows")  # how the log-probs were computed, then the data
     for p in pairs:
         for side in (p.chosen, p.rejected):
             h.update(repr((side.tokens, side.loss_mask)).encode())
@@ -112,7 +124,7 @@ class DPOTask(PostTask):
         self.chosen_tokens = [sum(p.chosen.loss_mask) for p in pairs]
 
     def make_batch(self, items: list[int], step_items: list[int]) -> tuple[Batch, int]:
-        batch = pad_pairs([self.pairs[i] for i in items], self.encoder.pad_id)
+        batch = tree_pairs([self.pairs[i] for i in items])
         batch["nll_scale"] = torch.tensor(len(step_items) / sum(self.chosen_tokens[i] for i in step_items))
         if self.reference is not None:
             batch["reference"] = torch.cat([self.reference[items, 0], self.reference[items, 1]])
@@ -147,13 +159,13 @@ def dpo(model_spec: str, data: list[str], out: str | Path, recipe: PostRecipe, r
     summary: dict[str, Any] = {}
     held_reference = None
     if held:
-        held_reference = pair_logprobs(view, held, encoder.pad_id, device, dtype)
+        held_reference = pair_logprobs(view, held, device, dtype)
         summary["heldout_before"] = preference_accuracy(held_reference)
     reference, frozen = None, None
     if d.reference == "frozen":
         frozen = start.requires_grad_(False)
     else:
-        reference = _cached_reference(run_dir, view, train_pairs, encoder.pad_id, device, dtype, log,
+        reference = _cached_reference(run_dir, view, train_pairs, device, dtype, log,
                                       recipe.log.progress)
     del start, view
     objective = DPOObjective(d.beta, d.nll_weight, frozen)
@@ -162,7 +174,7 @@ def dpo(model_spec: str, data: list[str], out: str | Path, recipe: PostRecipe, r
     def validate(runner) -> Callable[[], dict[str, float]] | None:
         if not held:
             return None
-        return lambda: preference_accuracy(pair_logprobs(runner, held, encoder.pad_id, runner.device,
+        return lambda: preference_accuracy(pair_logprobs(runner, held, runner.device,
                                                          runner.autocast_dtype), held_reference)
 
     loop_summary, _ = run_task(task, recipe, raw_recipe, config, init_from, run_dir, validate=validate,
@@ -176,7 +188,7 @@ def dpo(model_spec: str, data: list[str], out: str | Path, recipe: PostRecipe, r
     return summary
 
 
-def _cached_reference(run_dir: Path, view: ModelView, pairs: list[EncodedPair], pad_id: int, device, dtype,
+def _cached_reference(run_dir: Path, view: ModelView, pairs: list[EncodedPair], device, dtype,
                       log, progress: bool = True) -> torch.Tensor:
     """The reference pass, or its saved result when resuming on the same data."""
     path = run_dir / REFERENCE_FILE
@@ -186,7 +198,7 @@ def _cached_reference(run_dir: Path, view: ModelView, pairs: list[EncodedPair], 
         if saved.get("digest") == digest:
             return saved["logprobs"]
         log(f"{path} was computed for other data; recomputing")
-    logprobs = pair_logprobs(view, pairs, pad_id, device, dtype, desc="reference log-probs" if progress else "")
+    logprobs = pair_logprobs(view, pairs, device, dtype, desc="reference log-probs" if progress else "")
     if rank_and_world()[0] == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.save({"digest": digest, "logprobs": logprobs}, path)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
+from pasture.model.tree import pack_tree, pad_tree_rows
 from pasture.post.data import BadRecord, Preference, Skipped
 from pasture.tokenizer.chat_format import ChatFormat, ChatFormatError, EncodedChat
 from pasture.tokenizer.chat_template import ChatTemplate, chat_format_for
@@ -224,6 +225,29 @@ def encode_pairs(encoder: ChatEncoder, records: Sequence[Preference], max_len: i
 def pad_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
     """Chosen rows first, then rejected (see `pad_examples`)."""
     return pad_examples([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+
+
+def tree_pairs(pairs: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
+    """Each pair as one tree row (`pasture.model.tree`): the prompt once, then the chosen and the
+    rejected response as two branches, right-padded to the longest row.
+
+    `inputs`, `positions`, `branch` [pairs, T] feed the model; `chosen_targets` and
+    `rejected_targets` [pairs, T] hold at each row position the scored token it predicts for
+    that side (IGNORE_INDEX elsewhere: the last shared position predicts both sides' first
+    response token); `lengths` [pairs] each row's real positions.
+    """
+    trees = [pack_tree([p.chosen.tokens, p.rejected.tokens],
+                       [[j for j in range(1, len(side.tokens)) if side.loss_mask[j]] for side in (p.chosen, p.rejected)])
+             for p in pairs]
+    width = max(len(t.tokens) for t in trees)
+    inputs, positions, branch = pad_tree_rows(trees, width)
+    side_targets = torch.full((2, len(trees), width), IGNORE_INDEX, dtype=torch.long)
+    for r, tree in enumerate(trees):
+        for side, targets in enumerate(tree.targets):
+            index, token = zip(*targets)
+            side_targets[side, r, list(index)] = torch.tensor(token)
+    return {"inputs": inputs, "positions": positions, "branch": branch, "chosen_targets": side_targets[0],
+            "rejected_targets": side_targets[1], "lengths": torch.tensor([len(t.tokens) for t in trees])}
 
 
 def pad_examples(sides: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -121,9 +121,8 @@ def post_train(run_dir: Path, base: str, cfg: PostStageConfig, log: Callable[[st
     device = torch.device("cpu")
     sft_model, _ = load_model(out / "sft")
     dpo_model, _ = load_model(out / "dpo")
-    reference = pair_logprobs(PlainModelView(sft_model.eval()), held_pairs, encoder.pad_id, device)
-    dpo_heldout = preference_accuracy(pair_logprobs(PlainModelView(dpo_model.eval()), held_pairs, encoder.pad_id,
-                                                    device), reference)
+    reference = pair_logprobs(PlainModelView(sft_model.eval()), held_pairs, device)
+    dpo_heldout = preference_accuracy(pair_logprobs(PlainModelView(dpo_model.eval()), held_pairs, device), reference)
 
     held_sft = qa.sft_records(held)
     result = {

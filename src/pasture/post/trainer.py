@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pasture.model import ModelConfig, PRESETS, save
+from pasture.model.llama import AttentionMask
 from pasture.post.encode import ChatEncoder
 from pasture.post.models import load_model, save_encoder
 from pasture.post.recipe import PostRecipe
@@ -119,7 +120,12 @@ class PlainModelView:
 
     def token_loss_sum(self, inputs: torch.Tensor, targets: torch.Tensor,
                        document_ids: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.module(inputs, document_ids, return_hidden=True)
+        return self.hidden_loss_sum(self.module(inputs, document_ids, return_hidden=True), targets)
+
+    def hidden_states(self, inputs: torch.Tensor, positions: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+        return self.module(inputs, positions=positions, mask=mask, return_hidden=True)
+
+    def hidden_loss_sum(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return cross_entropy_sum(hidden, self.module.output.weight, targets, self.chunk_tokens, scored_only=True)
 
 

@@ -286,14 +286,21 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
         block.attention.n_kv_heads //= tp
 
 
+def whole_sequence(hidden: torch.Tensor) -> torch.Tensor:
+    """Hidden states split over the sequence (TP's sequence parallelism) gathered once, as a
+    plain tensor; anything else as it is."""
+    if isinstance(hidden, DTensor):
+        return hidden.redistribute(placements=[Replicate()] * hidden.device_mesh.ndim).to_local()
+    return hidden
+
+
 def vocab_parallel_loss_sum(output: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
                             chunk_tokens: int = 8192, scored_only: bool = False) -> torch.Tensor:
     """Summed cross-entropy with the output projection sharded over the vocabulary (TP): each
     rank projects the whole sequence onto its slice of the vocabulary, chunk by chunk, and
     the softmax's maxima and sums are all-reduced, so no rank holds full logits
     (`loss.vocab_parallel_cross_entropy_sum`). The same value on every rank of the TP group."""
-    if isinstance(hidden, DTensor):  # sequence-parallel: gather the sequence once
-        hidden = hidden.redistribute(placements=[Replicate()] * hidden.device_mesh.ndim).to_local()
+    hidden = whole_sequence(hidden)
     weight = output.weight  # DTensor, Shard(0) on the TP mesh
     shard = weight.to_local()
     mesh = weight.device_mesh

@@ -19,7 +19,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from pasture.errors import PastureError
 from pasture.model import from_weights
 from pasture.model.config import ModelConfig
-from pasture.model.llama import Transformer
+from pasture.model.llama import AttentionMask, Transformer
 from pasture.runtime import all_reduce_sum, autocast, is_distributed
 from pasture.train import checkpoint as ckpt
 from pasture.train import float8, parallel
@@ -132,6 +132,16 @@ class Runner:
             extra = cp.prepare(document_ids, *inputs.shape, inputs.device)
             hidden = self.transformer(cp.shard(inputs), return_hidden=True, **extra)
             targets = cp.shard(targets)
+        return self._hidden_loss_sum(self.transformer, hidden, targets)
+
+    def hidden_states(self, inputs: torch.Tensor, positions: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+        if self.transformer is None or self.context_parallel is not None:
+            raise PastureError("rows with their own attention mask (tree-packed preference pairs) run without "
+                               "pipeline or context parallelism; set parallel.pp and parallel.cp to 1")
+        hidden = self.transformer(inputs, positions=positions, mask=mask, return_hidden=True)
+        return parallel.whole_sequence(hidden)
+
+    def hidden_loss_sum(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self._hidden_loss_sum(self.transformer, hidden, targets)
 
     # ---------------------------------------------------------------- validation

@@ -34,6 +34,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from pasture.model.llama import AttentionMask
 from pasture.train.loss import IGNORE_INDEX
 
 Batch = dict[str, Any]  # tensors [rows, ...]; the runner moves them to the device
@@ -63,6 +64,13 @@ class ModelView(Protocol):
                        document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Summed next-token cross-entropy of the Transformer over `targets` (IGNORE_INDEX
         skipped): chunked, vocabulary-parallel under TP, this rank's tokens under CP."""
+
+    def hidden_states(self, inputs: torch.Tensor, positions: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+        """Final hidden states [B, T, dim] of rows that bring their own rotary positions and
+        attention mask (tree-packed rows, `pasture.model.tree`); whole rows on every rank."""
+
+    def hidden_loss_sum(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of `hidden_states` output against `targets` (IGNORE_INDEX skipped)."""
 
 
 class Objective(Protocol):
