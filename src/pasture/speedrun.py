@@ -11,6 +11,7 @@ speedrun loses nothing.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -194,6 +195,8 @@ def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
         "resume=\"auto\"",
         f"log.progress={'true' if cfg.progress else 'false'}",
         f'eval.prompts={json.dumps(cfg.prompts)}',
+        # TensorBoard logs when it is installed; the main job does not warn about an optional extra
+        f"log.tensorboard={'true' if importlib.util.find_spec('tensorboard') else 'false'}",
         *cfg.recipe_overrides,
     ]
     raw = load_recipe(recipe_name, overrides)
