@@ -111,8 +111,8 @@ PRESETS: dict[str, ModelConfig] = {
     # A few million parameters: trains on a laptop CPU in minutes. Small vocabulary
     # because a tiny model spends most of its parameters on the embedding otherwise;
     # recipes override vocab_size with the trained tokenizer's size.
-    # sized for `pasture speedrun` on 2 CPU cores: at a fixed ~7 minutes of training, dim 128
-    # reached 2.37 held-out bits/byte against 2.98 for dim 256 (benchmarks/RESULTS.md)
+    # (the `tiny` recipe, which `pasture speedrun` trains, narrows it to the shape its IsoFLOP
+    # sweep chose: width 64, 2 layers; benchmarks/RESULTS.md)
     "tiny": ModelConfig(
         dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=8192, multiple_of=64,
         ffn_dim_multiplier=None, rope_scaling=None, max_seq_len=2048, tie_embeddings=True,
