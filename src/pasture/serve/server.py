@@ -260,7 +260,7 @@ class OpenAIServer:
 
     async def chat_chunks(self, request_id: str, prompt: list[int], params: SamplingParams,
                           tools: bool, include_usage: bool) -> AsyncIterator[bytes]:
-        """Chat chunks: the role, content deltas, then the finish reason (and usage).
+        """Chat chunks: the role (with the first token), content deltas, then the finish reason (and usage).
 
         With tools, content that may be a tool call (it starts with the python tag, `{`
         or a call tag) is held back until the reply ends, then sent as `tool_calls`.
@@ -272,11 +272,14 @@ class OpenAIServer:
                          "model": self.model_name,
                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]})
 
-        yield chunk({"role": "assistant", "content": ""})
         undecided = tools  # with tools, the reply's first words decide whether it is a call
         held = ""  # text kept back while undecided, or the whole call once decided
         holding = False
+        role_sent = False
         async for event in self.events(prompt, params):
+            if not role_sent:  # sent with the first token, so a client that saw it has a running request
+                role_sent = True
+                yield chunk({"role": "assistant", "content": ""})
             text = event.text
             if undecided and not holding:
                 held += text
