@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import zstandard
 
 from pasture.errors import PastureError
@@ -123,6 +121,8 @@ def read_documents(path: str | Path) -> Iterator[Document]:
     stem = p.name
     if suffix in PARQUET_SUFFIXES:
         try:
+            import pyarrow.parquet as pq  # here: importing documents (every CLI command does) stays light
+
             pf = pq.ParquetFile(p)
         except Exception as e:  # pyarrow raises several types for a bad file
             raise DocumentError(f"{p} is not a readable Parquet file: {e}") from None
@@ -195,6 +195,9 @@ class DocumentWriter:
     def _flush_parquet(self, even_if_empty: bool = False) -> None:
         if not self._rows and not even_if_empty:
             return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         schema = pa.schema([(k, pa.string()) for k in ("id", "text", "url", "source", "meta")])
         if self._pq_writer is None:
             self._pq_writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -332,6 +333,7 @@ class Engine:
                 try:
                     self._iteration()
                 except Exception as exc:  # fail the requests in flight; the engine keeps serving
+                    logging.getLogger(__name__).exception("engine step failed")
                     self._fail_all(f"{type(exc).__name__}: {exc}")
             self._fail_all("the engine was closed", reason="abort")
 
