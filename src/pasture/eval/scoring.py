@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from pasture.model.llama import AttentionMask, KVCache, Transformer
-from pasture.model.tree import TreeRow, common_prefix_length, pack_tree, pad_tree_rows, tree_attention_mask
+from pasture.model.tree import TreeRow, common_prefix_length, pack_tree, pad_tree_rows, tree_attention_mask, tree_length
 
 Request = tuple[list[int], list[int]]  # (context ids, continuation ids); context never empty
 Score = tuple[float, bool]  # (sum of log-probabilities, every continuation token the argmax)
@@ -45,13 +45,6 @@ def _pack(seqs: list[list[int]], n_continuation: list[int], skip: int) -> _Row:
         spans.append((len(targets), len(targets) + len(request_targets)))
         targets.extend(request_targets)
     return _Row(tree, targets, spans)
-
-
-def _packed_length(seqs: list[list[int]]) -> int:
-    """Tokens `_pack` feeds for a group (with no batch prefix), to sort and batch groups by."""
-    feeds = [s[:-1] for s in seqs]
-    shared = common_prefix_length(feeds)
-    return shared + sum(len(f) - shared for f in feeds)
 
 
 class LoglikelihoodScorer:
@@ -88,7 +81,7 @@ class LoglikelihoodScorer:
     def score(self, groups: list[list[Request]], desc: str = "scoring") -> list[list[Score]]:
         """(log-probability, is-greedy) of every request, in the order given."""
         prepared = [self._sequences(g) for g in groups]
-        lengths = [_packed_length(seqs) for seqs, _ in prepared]
+        lengths = [tree_length(seqs) for seqs, _ in prepared]
         order = sorted(range(len(groups)), key=lambda i: -lengths[i])
         out: list[list[Score]] = [[] for _ in groups]
         bar = tqdm(total=len(groups), desc=desc, unit="item", disable=not self.progress, leave=False)

@@ -29,6 +29,13 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     return shortest
 
 
+def tree_length(seqs: Sequence[Sequence[int]]) -> int:
+    """How many tokens `pack_tree(seqs, ...)` feeds (to sort and batch rows by, before packing)."""
+    feeds = [s[:-1] for s in seqs]
+    shared = common_prefix_length(feeds)
+    return shared + sum(len(f) - shared for f in feeds)
+
+
 @dataclass
 class TreeRow:
     tokens: list[int]
