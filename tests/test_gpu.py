@@ -50,7 +50,8 @@ def test_bf16_autocast_step_matches_fp32_loss_and_uses_fused_adamw():
 
 
 def test_engine_on_cuda_equals_full_forward():
-    """Compiled decode with CUDA graphs (padded rows and keys) against cache-free forwards."""
+    """Compiled decode with CUDA graphs (padded rows and keys) against cache-free forwards; a second
+    and a third engine in the same process (each decodes on its own thread) give the same tokens."""
     from pasture.serve import Engine, SamplingParams
 
     model = pm.build(small_config(), device="cuda", seed=3).eval()
@@ -62,9 +63,11 @@ def test_engine_on_cuda_equals_full_forward():
             for _ in range(24):
                 ids.append(int(model(torch.tensor([ids], device="cuda"))[0, -1].argmax()))
             expected.append(ids[len(prompt):])
-    with Engine(model, max_batch_size=4) as engine:
-        got = [r.token_ids for r in engine.generate(prompts, SamplingParams(max_tokens=24, temperature=0))]
-    assert got == expected
+    for options in ({}, {"max_batch_size": 2}, {"compile": False}):
+        with Engine(model, **{"max_batch_size": 4, **options}) as engine:
+            got = [r.token_ids for r in engine.generate(prompts, SamplingParams(max_tokens=24, temperature=0))]
+            assert engine.cuda_graphs
+        assert got == expected, options
 
 
 def test_fp8_recipe_on_cuda_keeps_logits_close_and_serves():

@@ -31,6 +31,7 @@ from typing import AsyncIterator, Callable, Iterator, Sequence
 import torch
 
 from pasture.model.llama import Transformer
+from pasture.serve.cuda_graphs import GraphedDecodeStep
 from pasture.serve.kv_cache import SlotCache, StepCache, step_inputs
 from pasture.serve.sampling import SamplerRow, SamplingParams, TokenLogprob, sample
 
@@ -172,8 +173,8 @@ class Engine:
     max_prefill_tokens: prompt tokens prefilled per iteration before the next decode step,
         so long prompts do not stall running requests for long (at least one is admitted).
     compile: torch.compile the decode step (default: on CUDA).
-    cuda_graphs: pad decode shapes to buckets so compiled steps replay as CUDA graphs
-        (default: on CUDA with compile).
+    cuda_graphs: pad decode shapes to buckets and replay each bucket's step as a CUDA graph
+        that the engine captures itself (default: on CUDA).
     """
 
     def __init__(
@@ -204,7 +205,9 @@ class Engine:
         self.stop_token_ids = frozenset(int(t) for t in stop_token_ids)
         on_cuda = self.device.type == "cuda"
         self.compile = on_cuda if compile is None else compile
-        self.cuda_graphs = (on_cuda and self.compile) if cuda_graphs is None else cuda_graphs
+        self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and not on_cuda:
+            raise ValueError(f"cuda_graphs needs a model on a CUDA device, not {self.device}")
         dtype = model.tok_embeddings.weight.dtype
         self.cache = SlotCache(self.config, max_batch_size, self.max_seq_len, dtype, self.device)
         self._decode_forward = self._build_decode_forward()
@@ -412,10 +415,12 @@ class Engine:
             positions, mask = step_inputs(starts, 1, key_len)
             return model(tokens, cache=StepCache(cache, 0, starts, key_len), positions=positions, mask=mask)[:, -1]
 
-        step = forward
-        if self.compile:
-            step = torch.compile(forward, mode="reduce-overhead" if self.cuda_graphs else None,
-                                 dynamic=not self.cuda_graphs)
+        step = torch.compile(forward) if self.compile else forward
+        if self.cuda_graphs:
+            step = GraphedDecodeStep(step)
+            if self.compile:  # each row bucket compiles with static rows, then once more when key_len turns dynamic
+                row_buckets = cache.slots.bit_length() + 1
+                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * row_buckets + 2)
 
         def run(tokens: list[int], lengths: list[int], key_len: int) -> torch.Tensor:
             n = len(tokens)

@@ -25,9 +25,6 @@ class SlotCache:
         shape = (config.n_layers, slots, config.n_kv_heads, max_len + 1, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        if torch.device(device).type == "cuda":  # a compiled decode step writes them in place: CUDA graphs
-            torch._dynamo.mark_static_address(self.k)  # may replay such writes only to fixed addresses
-            torch._dynamo.mark_static_address(self.v)
         self.slots = slots
         self.max_len = max_len
         self.tokens: list[list[int]] = [[] for _ in range(slots)]  # ids whose keys/values each row holds
