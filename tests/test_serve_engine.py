@@ -150,6 +150,23 @@ def test_stop_ids_and_stop_strings(word_model, llama3_tokenizer):
         assert engine.stop_token_ids == set(tok.stop_tokens)
 
 
+def test_compiled_decode_writes_the_cache_in_place_and_equals_eager(model):
+    """A compiled decode step writes each row's new keys and values in place. Session 7 found
+    inductor copying the whole cache every step (0.4 ms of a 2.1 ms step on an H200) when the step
+    wrote through a view of one big tensor: no generated loop may span a whole cache layer."""
+    from torch._inductor.utils import run_and_get_code
+
+    prompts = prompts_of([9, 4, 6], seed=7)
+    eager = [r.token_ids for r in Engine(model, max_batch_size=3).generate(prompts, GREEDY)]
+    with Engine(model, max_batch_size=3, max_seq_len=97, compile=True) as engine:
+        with torch.inference_mode():  # the step's first call compiles it (rows 0-2 hold no tokens yet)
+            _, code = run_and_get_code(lambda: engine._decode_forward([1, 2, 3], [5, 7, 9], 10))
+        assert [r.token_ids for r in engine.generate(prompts, GREEDY)] == eager
+        layer_numel = engine.cache.k[0].numel()  # 3 rows x 2 heads x 98 positions x 8 dims: no other tensor's size
+    assert layer_numel == 4704 and code
+    assert f"{layer_numel}L" not in "\n".join(code)
+
+
 def test_prefix_cache_reuse_gives_identical_outputs(model):
     system = prompts_of([40], seed=2)[0]
     prompts = [system + tail for tail in prompts_of([5, 9, 2, 5], seed=3)]

@@ -22,16 +22,18 @@ from pasture.model.llama import AttentionMask
 class SlotCache:
     def __init__(self, config: ModelConfig, slots: int, max_len: int, dtype: torch.dtype, device: torch.device) -> None:
         # one extra position per row: padded decode rows (fixed CUDA-graph shapes) write there
-        shape = (config.n_layers, slots, config.n_kv_heads, max_len + 1, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (slots, config.n_kv_heads, max_len + 1, config.head_dim)
+        # A tensor per layer, not one for all: a compiled step then writes each in place, where a
+        # write through a view of one big tensor made inductor copy the whole cache every step.
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.slots = slots
         self.max_len = max_len
         self.tokens: list[list[int]] = [[] for _ in range(slots)]  # ids whose keys/values each row holds
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
     def longest_prefix(self, prompt: list[int], rows: range) -> tuple[int, int]:
         """(row, length) of the longest cached prefix of `prompt` among `rows`; at most len(prompt) - 1,
@@ -50,8 +52,8 @@ class SlotCache:
         return best_row, best
 
     def copy_prefix(self, src: int, dst: int, length: int) -> None:
-        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
-        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+        for layer in self.k + self.v:
+            layer[dst, :, :length] = layer[src, :, :length]
         self.tokens[dst] = self.tokens[src][:length]
 
     def swap(self, a: int, b: int) -> None:
@@ -59,8 +61,8 @@ class SlotCache:
             return
         length = max(len(self.tokens[a]), len(self.tokens[b]))
         pair, flipped = [a, b], [b, a]
-        self.k[:, pair, :, :length] = self.k[:, flipped, :, :length]
-        self.v[:, pair, :, :length] = self.v[:, flipped, :, :length]
+        for layer in self.k + self.v:
+            layer[pair, :, :length] = layer[flipped, :, :length]
         self.tokens[a], self.tokens[b] = self.tokens[b], self.tokens[a]
 
 
