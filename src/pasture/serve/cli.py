@@ -82,11 +82,14 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
                    help="int8 weight-only (CPU decode) or Llama 3's FP8 FFN recipe (CUDA)")
     p.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together")
     p.add_argument("--max-seq-len", type=int, default=None, help="positions per request (default: up to 4096)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the decode step (default: on CUDA only; on CPU it speeds up batch-1 decode "
+                   "and the first requests wait for compilation)")
 
 
 def _load(args: argparse.Namespace):
     return load_served(args.model, tokenizer=args.tokenizer, device=args.device, quantize=args.quantize,
-                       max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len)
+                       max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len, compile=args.compile)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@ benchmarks/decode_throughput.py measures it against torchao's int8 weight-only c
 calls, reads weights at 6-8 GB/s on this project's CPUs (AMD EPYC, AVX2) against 18 GB/s of
 memory bandwidth, and at batch 8-32 its skinny GEMMs are slower still; oneDNN on the same
 weights, reordered once into its blocked layout, reads them up to twice as fast
-(benchmarks/decode_throughput.py).
+(benchmarks/decode_throughput.py). `rows_for_compiled_cpu` is the other way, for an engine
+whose decode step is compiled: a one-row linear becomes row dot products that inductor
+turns into one vectorised loop streaming the weights, faster still at batch 1.
 
 FP8 follows the Llama 3 paper (§6.2): only the feed-forward layers, row-wise scales for
 weights and activations, each activation row's max clamped at 1200 before its scale is
@@ -69,16 +71,46 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp32 packed for oneDNN"
 
 
+class RowDotLinear(nn.Module):
+    """A bias-free fp32 linear layer that, inside a compiled step, computes one input row as dot
+    products with the weight's rows, `(x * W).sum(-1)`: inductor fuses that into one pass over the
+    weights. Eagerly (a prefill) and for more rows it is `F.linear`; eagerly the product would be
+    an [out, in] temporary."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.detach())
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[:-1].numel() == 1 and torch.compiler.is_compiling():
+            return (x.unsqueeze(-2) * self.weight).sum(-1)
+        return F.linear(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, row dot products at batch 1"
+
+
 def pack_for_cpu(model: Transformer) -> Transformer:
     """Serve-only: every fp32 linear layer a decode step reads becomes a `PackedLinear` (same
     numbers to float rounding); the weights stop being parameters, so the model no longer trains."""
     if not torch.backends.mkldnn.is_available():
         return model
+    return _replace_cpu_fp32_linears(model, PackedLinear)
+
+
+def rows_for_compiled_cpu(model: Transformer) -> Transformer:
+    """Serve-only, for an engine that compiles its decode step on CPU: every fp32 linear layer a
+    decode step reads becomes a `RowDotLinear` (same numbers to float rounding)."""
+    return _replace_cpu_fp32_linears(model, RowDotLinear)
+
+
+def _replace_cpu_fp32_linears(model: Transformer, make: type[nn.Module]) -> Transformer:
     for parent, name in _linear_layers(model):
         layer = getattr(parent, name)
         if isinstance(layer, nn.Linear) and layer.bias is None and layer.weight.dtype == torch.float32 \
                 and layer.weight.device.type == "cpu":
-            setattr(parent, name, PackedLinear(layer.weight))
+            setattr(parent, name, make(layer.weight))
     return model
 
 

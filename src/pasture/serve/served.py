@@ -17,7 +17,7 @@ from pasture.errors import PastureError
 from pasture import runs
 from pasture.serve.engine import Engine
 from pasture.serve.protocol import Tool
-from pasture.serve.quantize import pack_for_cpu
+from pasture.serve.quantize import pack_for_cpu, rows_for_compiled_cpu
 from pasture.serve.quantize import quantize as quantize_model
 from pasture.serve.tool_calls import tools_prompt
 from pasture.tokenizer import Tokenizer
@@ -75,12 +75,14 @@ def chat_encoder(tokenizer: Tokenizer) -> ChatEncoder:
 
 
 def load_served(path: str, *, tokenizer: str | None = None, device: str = "auto", quantize: str = "none",
-                max_batch_size: int = 8, max_seq_len: int | None = None) -> ServedModel:
+                max_batch_size: int = 8, max_seq_len: int | None = None, compile: bool | None = None) -> ServedModel:
     """Model, tokenizer, chat encoder and engine for `pasture serve` / `pasture chat`.
 
     PATH is a run folder, a checkpoint, a pasture / Hugging Face / Meta folder, or a GGUF
-    file. On CUDA the weights are bf16; on CPU fp32, packed for oneDNN. `quantize` is int8 (weight-only, CPU)
-    or fp8 (Llama 3's FFN recipe, CUDA).
+    file. On CUDA the weights are bf16; on CPU fp32, packed for oneDNN, or with `compile` as
+    row dot products in a compiled decode step (faster at batch 1; the first requests wait
+    for compilation). `compile` defaults to on for CUDA, off for CPU. `quantize` is int8
+    (weight-only, CPU) or fp8 (Llama 3's FFN recipe, CUDA).
     """
     if quantize not in QUANTIZATIONS:
         raise PastureError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
@@ -91,8 +93,8 @@ def load_served(path: str, *, tokenizer: str | None = None, device: str = "auto"
     if quantize != "none":
         model = quantize_model(model, quantize)
     elif torch_device.type == "cpu":
-        model = pack_for_cpu(model)
-    engine = Engine(model.eval(), tok, max_batch_size=max_batch_size, max_seq_len=max_seq_len)
+        model = rows_for_compiled_cpu(model) if compile else pack_for_cpu(model)
+    engine = Engine(model.eval(), tok, max_batch_size=max_batch_size, max_seq_len=max_seq_len, compile=compile)
     return ServedModel(engine, model_name(path), chat_encoder(tok))
 
 
