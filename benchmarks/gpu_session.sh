@@ -23,18 +23,21 @@ TORCHAO=torchao==0.18.0  # built for torch 2.11, the GPU image's (its __init__ w
 # the packages its llama3 package imports that the GPU image lacks; all pure Python, 1.7 MB
 TORCHTITAN=(torchtitan==0.2.2 torchdata==0.11.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
             tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.0)
+# what tests/conftest.py imports through the server's protocol module, at this venv's versions
+PYDANTIC=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5)
 SHAPE=(train.seq_len=2048 'train.seq_len_schedule=[]' 'train.batch_ramp=[]' train.batch_size=8 train.micro_batch_size=8)
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 wheels() {  # into .whl, built for the GPU image's Python 3.12 on x86-64, without their dependencies
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 -d .whl "$@"
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl "$@"
 }
 
 prepare() {
   [ -f .gpu-tokens/index.json ] || python3 benchmarks/prepare_gpu_tokens.py --quiet || return
   ls .whl/torchao-*.whl >/dev/null 2>&1 || wheels "$TORCHAO" || return
   ls .whl/torchtitan-*.whl >/dev/null 2>&1 || wheels "${TORCHTITAN[@]}" || return
+  ls .whl/pydantic_core-*.whl >/dev/null 2>&1 || wheels "${PYDANTIC[@]}" || return
   [ "$(git check-ignore .gpu-tokens/index.json .whl/torchao.whl | wc -l)" = 2 ] \
     || echo "warning: .gpu-tokens or .whl is not ignored by git, so it travels without being carried"
   du -sh .gpu-tokens .whl
@@ -75,8 +78,8 @@ convergence() {
 
 decode() {
   timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "engine or fp8" 2>&1 | tee "$OUT/test_gpu.log"
-  timeout 370 python3 benchmarks/decode_throughput.py --device cuda --preset llama3.2-1b --batch-sizes 1 8 32 \
-    --new-tokens 128 --prompt-tokens 32 --repeats 2 --row-timeout 150 "$@" 2>&1 | tee "$OUT/decode.log"
+  timeout 450 python3 benchmarks/decode_throughput.py --device cuda --preset llama3.2-1b --batch-sizes 1 8 32 \
+    --new-tokens 128 --prompt-tokens 32 --repeats 2 --row-timeout 240 "$@" 2>&1 | tee "$OUT/decode.log"
 }
 
 case "$part" in
