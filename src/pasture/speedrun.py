@@ -65,6 +65,12 @@ RUN_LAYOUT = {
 SCALING_SWEEP = Path(__file__).resolve().parent / "recipes" / "scaling" / "tiny-isoflops.jsonl"
 
 PRESET_RECIPES = {"tiny": "tiny", "125m": "125m", "llama3.2-1b": "1b", "1b": "1b", "llama3.1-8b": "8b", "8b": "8b"}
+# What the speedrun changes in the tiny recipe, each lever measured as an A/B at the same wall-clock
+# (benchmarks/RESULTS.md, session 7): Muon for the blocks' matrices and warmup-stable-decay beat AdamW
+# and cosine; Muon's steps cost ~1.15x on 2 cores, so 2,400 steps keep pre-training near 9.5 minutes.
+# The tiny recipe itself stays AdamW/cosine: torch's Muon does not take sharded (FSDP/TP) matrices.
+SPEEDRUN_LEVERS = {"tiny": ['optim.optimizer="muon"', 'optim.schedule="wsd"', "train.steps=2400",
+                            "train.anneal_steps=240"]}
 
 
 @dataclass
@@ -197,7 +203,8 @@ def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
         f'eval.prompts={json.dumps(cfg.prompts)}',
         # TensorBoard logs when it is installed; the main job does not warn about an optional extra
         f"log.tensorboard={'true' if importlib.util.find_spec('tensorboard') else 'false'}",
-        *cfg.recipe_overrides,
+        *SPEEDRUN_LEVERS.get(cfg.preset, []),
+        *cfg.recipe_overrides,  # the user's overrides win
     ]
     raw = load_recipe(recipe_name, overrides)
     recipe = parse_recipe(raw)
