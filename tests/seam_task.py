@@ -85,7 +85,8 @@ class PreferenceTask:
     def wrap_model(self, transformer: nn.Module) -> nn.Module:
         return RewardModel(transformer)
 
-    def next_step(self, step: int, tokens_seen: int, split: Callable[[int], MicroBatching]) -> StepBatches:
+    def next_step(self, step: int, tokens_seen: int, split: Callable[[int], MicroBatching],
+                  annealing: bool = False) -> StepBatches:
         cut = split(PAIRS_PER_STEP)
         batches = []
         for _ in range(cut.count):

@@ -208,6 +208,27 @@ def test_validation_batches_cover_the_split_once(tmp_path):
     assert len(list(short)) == 2 and short.num_targets == 48 and short.bytes == round(300 * 48 / 99)
 
 
+def test_sliding_validation_scores_each_target_once_after_its_context(tmp_path):
+    """stride 3, seq_len 8: row k holds tokens from 3k - 5 and scores only its last 3 targets."""
+    val = make_dataset(tmp_path, LENGTHS, split="val")
+    loader = ValidationLoader(val, batch_size=4, seq_len=8, stride=3)
+    rows = [(inputs, targets) for b in loader for inputs, targets in zip(b["inputs"].tolist(), b["targets"].tolist())]
+    assert len(rows) == 33 and len(loader) == 9 and loader.num_targets == 99 and loader.bytes == 300  # 99 / 3
+    scored = {}
+    for k, (inputs, targets) in enumerate(rows):
+        start = max(0, 3 * k - 5)
+        length = min(3 * k + 3, 99) - start
+        assert inputs[:length] == list(range(start, start + length))
+        for position, target in enumerate(targets):
+            if target != IGNORE_INDEX:
+                assert start + position >= 3 * k  # the first positions are context only
+                scored[start + position] = target
+    starts = document_starts(LENGTHS)
+    assert scored == {t - 1: t for t in range(1, 100) if t not in starts}  # every in-document target, once
+    with pytest.raises(PastureError, match="stride"):
+        ValidationLoader(val, batch_size=4, seq_len=8, stride=9)
+
+
 def test_empty_split_is_a_clear_error(tmp_path):
     empty = make_dataset(tmp_path, [], split="val")
     assert empty.num_documents == 0

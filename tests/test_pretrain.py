@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,50 @@ def test_sigterm_checkpoints_the_current_step_and_resume_continues(token_data, t
     ckpt.validate(folder)
     assert main(["pretrain", *recipe_args(token_data, run, *steps, "resume=\"auto\"")]) == 0
     assert train_losses(run) == train_losses(tmp_path / "straight")
+
+
+class TickingClock:
+    """A stand-in for `time` in the loop: every reading is `tick` seconds after the last."""
+
+    def __init__(self, tick):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self):
+        self.now += self.tick
+        return self.now
+
+
+def test_time_budget_plans_the_steps_and_a_resumed_run_keeps_them(token_data, tmp_path, monkeypatch):
+    """train.time_budget_s: at a tenth of train.steps the loop fixes how many steps fit.
+
+    With a clock that ticks 10 ms a reading, each iteration spends 10 ms in its step and
+    10 ms after it; at step 40 the loop has run 0.79 s (0.40 s in steps), so a step costs
+    0.01 + 0.39 / 40 s, and 2 s less the 2% reserve leaves int(1.17 / 0.01975) = 59 steps: 99 in
+    all, with round(40 x 99 / 400) = 10 of them annealing.
+    """
+    args = recipe_args(token_data, tmp_path / "run", "train.steps=400", "train.anneal_steps=40",
+                       "train.time_budget_s=2", 'optim.schedule="constant"', "checkpoint.every=50", "checkpoint.keep_last=5", "log.every=1")
+    monkeypatch.setattr(loop, "time", TickingClock(0.01))
+    summary = run_recipe(args)
+    assert summary["steps"] == summary["planned_steps"] == 99
+    assert summary["train_seconds"] == pytest.approx(99 * 0.02 + 2 * 0.01)  # + a reading in each checkpoint (50, 99)
+    (event,) = [r for r in read_metrics(tmp_path / "run", "event") if r["event"] == "planned_steps"]
+    assert (event["step"], event["steps"], event["anneal_steps"]) == (40, 99, 10)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run", "train")]
+    assert lrs[88] == pytest.approx(lrs[40]) and lrs[89] < lrs[88]  # the 10 annealing steps: 90-99
+    reference = train_losses(tmp_path / "run")
+
+    shutil.rmtree(ckpt.step_dir(tmp_path / "run", 99))  # back to step 50, past the plan; a slower clock
+    monkeypatch.setattr(loop, "time", TickingClock(0.5))  # would plan far fewer steps
+    assert run_recipe([*args, 'resume="auto"'])["steps"] == 99
+    assert train_losses(tmp_path / "run") == reference
+
+
+def test_step_plan_without_a_budget_is_the_config():
+    plan = loop.StepPlan.from_config(loop.LoopConfig(run_dir=".", steps=100, optim=None, anneal_steps=10))
+    counters = loop._Counters(step=50, seconds=5.0, step_seconds=5.0)
+    assert not plan.observe(counters, 0.1) and (plan.steps, plan.anneal_steps) == (100, 10)
+    assert plan.state_dict() == {}
 
 
 def test_corrupt_newest_checkpoint_is_skipped(token_data, tmp_path, capsys):

@@ -87,7 +87,8 @@ class PostTask:
     def seq_len(self, batch: Batch) -> int:
         return int(batch["inputs"].shape[1])
 
-    def next_step(self, step: int, tokens_seen: int, split: Callable[[int], MicroBatching]) -> StepBatches:
+    def next_step(self, step: int, tokens_seen: int, split: Callable[[int], MicroBatching],
+                  annealing: bool = False) -> StepBatches:
         cut = split(self.batch_size)
         step_items = self.stream.take(self.batch_size)
         per_rank = cut.rows * cut.count

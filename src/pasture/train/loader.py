@@ -240,14 +240,22 @@ class ValidationLoader:
 
     Every token but the first is a target exactly once over a full pass; the last row is
     padded (inputs 0, targets IGNORE_INDEX) and the last batch may have fewer rows.
+    With `stride` < `seq_len`, rows overlap (a sliding window): each row scores `stride`
+    targets after up to `seq_len - stride` tokens of context that the previous rows
+    scored, so no target is predicted from a row's first few positions unless its
+    document starts there.
     `bytes` is the UTF-8 size of the text the batches cover, for bits-per-byte =
     summed nats / ln 2 / bytes: exact over the whole split, and with `max_batches`
     cutting the pass short, the split's bytes scaled by the share of targets covered.
     """
 
-    def __init__(self, dataset: TokenDataset, batch_size: int, seq_len: int, max_batches: int | None = None) -> None:
+    def __init__(self, dataset: TokenDataset, batch_size: int, seq_len: int, max_batches: int | None = None,
+                 stride: int | None = None) -> None:
         if batch_size < 1 or seq_len < 1:
             raise LoaderError(f"batch size and sequence length must be positive, got {batch_size} and {seq_len}")
+        stride = seq_len if stride is None else stride
+        if not 1 <= stride <= seq_len:
+            raise LoaderError(f"the validation stride must be between 1 and the sequence length {seq_len}, got {stride}")
         if dataset.num_tokens < 2:
             raise LoaderError(
                 f"{dataset.path} split {dataset.split!r} has {dataset.num_tokens} tokens; "
@@ -256,12 +264,13 @@ class ValidationLoader:
         self.dataset = dataset
         self.batch_size = batch_size
         self.seq_len = seq_len
+        self.stride = stride
         self._stream = _TokenStream(dataset, seed=0, source_index=0, shuffle=False)
         total_targets = dataset.num_tokens - 1
-        rows = -(-total_targets // seq_len)
+        rows = -(-total_targets // stride)
         batches = -(-rows // batch_size)
         self.num_batches = batches if max_batches is None else min(batches, max_batches)
-        self.num_targets = min(total_targets, self.num_batches * batch_size * seq_len)
+        self.num_targets = min(total_targets, self.num_batches * batch_size * stride)
         if self.num_targets == total_targets:
             self.bytes = dataset.bytes
         else:
@@ -272,19 +281,23 @@ class ValidationLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         last_target = self.num_targets  # stream index of the last target, inclusive
-        row_start = 0
+        context = self.seq_len - self.stride
+        scored_start = 0  # stream index of the first input whose target this row scores
         for _ in range(self.num_batches):
-            n_rows = min(self.batch_size, -(-(last_target - row_start) // self.seq_len))
+            n_rows = min(self.batch_size, -(-(last_target - scored_start) // self.stride))
             inputs = np.zeros((n_rows, self.seq_len), np.int64)
             targets = np.full((n_rows, self.seq_len), IGNORE_INDEX, np.int64)
             document_ids = np.zeros((n_rows, self.seq_len), np.int64)
             for row in range(n_rows):
-                length = min(self.seq_len, last_target - row_start)
+                row_start = max(0, scored_start - context)
+                scored_end = min(scored_start + self.stride, last_target)
+                length = scored_end - row_start
                 tokens, keys = self._stream.read(row_start, length + 1)
                 row_inputs, row_targets, row_ids = _pack_row(tokens, keys)
+                row_targets[: scored_start - row_start] = IGNORE_INDEX  # context: scored by an earlier row
                 inputs[row, :length] = row_inputs
                 targets[row, :length] = row_targets
                 document_ids[row, :length] = row_ids
                 document_ids[row, length:] = row_ids[-1] + 1
-                row_start += length
+                scored_start = scored_end
             yield _batch(inputs, targets, document_ids)

@@ -8,6 +8,10 @@ annealing checkpoints are averaged at the end when asked (Llama 3 §3.4.3).
 Exact resume: model, optimizer, the task's data position and RNG state are all in the
 checkpoint, and the learning rate is a pure function of the step, so a run killed at
 any point and resumed produces bit-identical losses on CPU.
+
+A time budget (`time_budget_s`) makes `steps` a ceiling: at a tenth of it the loop
+measures its steps and fixes how many fit in the budget (the annealing steps scale
+with it), and the checkpoints carry that number, so a resumed run keeps it.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import json
 import math
 import signal
+import statistics
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +54,7 @@ class LoopConfig:
     steps: int
     optim: OptimConfig
     anneal_steps: int = 0  # final steps: learning rate linearly to 0
+    time_budget_s: float = 0.0  # fit the steps into this many seconds; `steps` is then a ceiling (0: off)
     resume: str = "never"  # never | auto | path to a checkpoint folder
     max_bad_steps: int = 5  # consecutive skipped steps before the run stops
     max_grad_norm: float = 0.0  # skip a step whose gradient norm exceeds this (0: no ceiling)
@@ -75,6 +82,58 @@ class _Counters:
     skipped_total: int = 0
     consecutive_bad: int = 0
     last_loss: float = float("nan")
+    seconds: float = 0.0  # wall-clock of the loop so far, over every resume
+    step_seconds: float = 0.0  # the part of it spent in the steps themselves (the rest: validation, checkpoints)
+
+
+BUDGET_RESERVE = 0.02  # share of a time budget kept for what follows the last step (averaging, final validation)
+
+
+@dataclass
+class StepPlan:
+    """How many steps the run takes, and how many of them anneal.
+
+    Without a time budget these are the config's. With one, `plan_at` (a tenth of the
+    ceiling, past warmup and batch ramps in the shipped recipes) is when the loop fixes
+    them from the median of the recent step times plus the loop's overhead so far
+    (validation, checkpoints): for warmup-stable-decay and constant schedules the
+    learning rate up to that step does not depend on the total.
+    """
+
+    steps: int
+    anneal_steps: int
+    budget_s: float = 0.0
+    planned: bool = False
+    recent: deque = field(default_factory=lambda: deque(maxlen=50))
+
+    @classmethod
+    def from_config(cls, config: LoopConfig) -> "StepPlan":
+        return cls(config.steps, config.anneal_steps, config.time_budget_s, planned=not config.time_budget_s)
+
+    @property
+    def plan_at(self) -> int:
+        return max(20, self.steps // 10)
+
+    def observe(self, counters: _Counters, step_seconds: float) -> bool:
+        """Record a step's time; True when this step fixed the plan."""
+        self.recent.append(step_seconds)
+        if self.planned or counters.step < self.plan_at:
+            return False
+        overhead_per_step = max(0.0, (counters.seconds - counters.step_seconds) / counters.step)
+        per_step = statistics.median(self.recent) + overhead_per_step
+        left = self.budget_s * (1 - BUDGET_RESERVE) - counters.seconds
+        steps = min(self.steps, max(counters.step + 1, counters.step + int(left / per_step)))
+        self.anneal_steps = min(steps - counters.step - 1, round(self.anneal_steps * steps / self.steps))
+        self.steps = steps
+        self.planned = True
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"planned_steps": self.steps, "planned_anneal_steps": self.anneal_steps} if self.budget_s and self.planned else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.budget_s and "planned_steps" in state:
+            self.steps, self.anneal_steps, self.planned = state["planned_steps"], state["planned_anneal_steps"], True
 
 
 def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: ModelConfig,
@@ -93,10 +152,13 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
     optimizer = build_optimizer(model, config.optim)
     guard = StepGuard(config.max_grad_norm, config.grad_spike_factor)
     counters = _Counters()
+    plan = StepPlan.from_config(config)
     resume_from = find_resume(config, run_dir, log)
     if resume_from is not None:
         state = ckpt.load(resume_from, model, optimizer)
-        counters = _Counters(state["step"], state["tokens_seen"], state["skipped_steps"])
+        counters = _Counters(state["step"], state["tokens_seen"], state["skipped_steps"],
+                             seconds=state.get("train_seconds", 0.0), step_seconds=state.get("step_seconds", 0.0))
+        plan.load_state_dict(state)
         task.load_state_dict(state)
         guard.load_state_dict(state.get("guard", {}))
         log(f"resumed from {resume_from} at step {counters.step} ({counters.tokens_seen:,} tokens)")
@@ -110,16 +172,16 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
                          tensorboard=config.tensorboard and rank == 0, write=rank == 0)
     saver = ckpt.Checkpointer(asynchronous=config.async_checkpoint)
     peak = peak_flops(runner.device)
-    anneal_start = config.steps - config.anneal_steps
-    bar = tqdm(total=config.steps, initial=counters.step, desc=config.name, unit="step", dynamic_ncols=True,
+    bar = tqdm(total=plan.steps, initial=counters.step, desc=config.name, unit="step", dynamic_ncols=True,
                disable=not config.progress or rank != 0)
     with _StopRequest() as stop:
-        while counters.step < config.steps:
+        while counters.step < plan.steps:
             started = time.perf_counter()
-            lr = learning_rate(counters.step, config.steps, config.optim, config.anneal_steps)
+            lr = learning_rate(counters.step, plan.steps, config.optim, plan.anneal_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batches = task.next_step(counters.step, counters.tokens_seen, runner.split)
+            batches = task.next_step(counters.step, counters.tokens_seen, runner.split,
+                                     annealing=counters.step >= plan.steps - plan.anneal_steps)
             result = runner.forward_backward(batches.micro_batches, task.objective)
             grad_norm = runner.clip_gradients(config.optim.grad_clip or float("inf"))
             _apply_or_skip(result, grad_norm, optimizer, runner, guard, counters, metrics)
@@ -129,8 +191,12 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
             if counters.consecutive_bad >= config.max_bad_steps:
                 _stop_diverged(counters, metrics, bar, saver, run_dir)
             elapsed = time.perf_counter() - started
+            counters.seconds += elapsed
+            counters.step_seconds += elapsed
+            if plan.observe(counters, elapsed):
+                _announce_plan(plan, config, counters, metrics, bar, log)
             tokens_per_s = batches.tokens / elapsed
-            if counters.step % config.log_every == 0 or counters.step == config.steps:
+            if counters.step % config.log_every == 0 or counters.step == plan.steps:
                 mfu = (flops_per_token(model_config, batches.seq_len) * tokens_per_s / (peak * world)) if peak else None
                 metrics.log("train", counters.step, loss=result.loss, lr=lr, grad_norm=grad_norm,
                             tokens_per_s=tokens_per_s, mfu=mfu, **batches.metrics, tokens_seen=counters.tokens_seen,
@@ -139,7 +205,8 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
             bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
             bar.update(1)
             step = counters.step
-            if validate is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+            anneal_start = plan.steps - plan.anneal_steps
+            if validate is not None and config.eval_every and step % config.eval_every == 0 and step < plan.steps:
                 metrics.log("val", step, **validate())
             if benchmarks is not None and config.benchmark_every and step % config.benchmark_every == 0:
                 metrics.log("eval", step, **benchmarks(model, step))
@@ -148,13 +215,15 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
             stopping, written = agree_across_ranks(stop.requested, saver.written(), runner.device)
             if saver.pending and written:  # finish an async checkpoint as soon as every rank wrote it
                 saver.wait()
-            if ((step == config.steps and config.checkpoint_final) or stopping
+            if ((step == plan.steps and config.checkpoint_final) or stopping
                     or (config.checkpoint_every and step % config.checkpoint_every == 0)):
                 train_state = {"step": step, "tokens_seen": counters.tokens_seen,
                                "skipped_steps": counters.skipped_total, "guard": guard.state_dict(),
-                               **task.state_dict()}
+                               "train_seconds": counters.seconds + time.perf_counter() - started - elapsed,
+                               "step_seconds": counters.step_seconds, **plan.state_dict(), **task.state_dict()}
                 saver.save(run_dir, step, model, optimizer, train_state, model_config, raw_recipe,
                            keep_last=config.keep_last)
+            counters.seconds += time.perf_counter() - started - elapsed
             if stopping:
                 log(f"stopped by signal at step {step}; checkpoint saved, resume with resume=auto")
                 break
@@ -162,17 +231,20 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
     saver.wait()
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": counters.step, "tokens_seen": counters.tokens_seen,
                                "skipped_steps": counters.skipped_total, "final_loss": counters.last_loss,
-                               "params": num_params(model_config)}
-    if counters.step == config.steps:
+                               "params": num_params(model_config), "train_seconds": round(counters.seconds, 2)}
+    if config.time_budget_s:
+        summary.update(time_budget_s=config.time_budget_s, planned_steps=plan.steps)
+    if counters.step == plan.steps:
+        anneal_start = plan.steps - plan.anneal_steps
         final_weights, description = None, ""
-        if config.anneal_every and config.anneal_steps:
+        if config.anneal_every and plan.anneal_steps:
             final_weights = ckpt.average_anneal_weights(run_dir, model, model_config, log)
             summary["averaged"] = str(final_weights)
             kept = len(ckpt.anneal_snapshots(run_dir, model_config))
-            description = f"average of {kept} annealing checkpoints (steps {anneal_start + 1}-{config.steps})"
+            description = f"average of {kept} annealing checkpoints (steps {anneal_start + 1}-{plan.steps})"
             runner.after_optimizer_step()
         elif config.checkpoint_final:
-            final_weights, description = ckpt.step_dir(run_dir, config.steps), f"checkpoint of step {config.steps}"
+            final_weights, description = ckpt.step_dir(run_dir, plan.steps), f"checkpoint of step {plan.steps}"
         if final_weights is not None and config.final_model:
             summary["final_model"] = str(ckpt.write_final_model(run_dir, final_weights, description, log))
         if validate is not None:
@@ -201,6 +273,17 @@ def _apply_or_skip(result: StepLoss, grad_norm: float, optimizer: torch.optim.Op
     guard.applied(grad_norm)
     counters.consecutive_bad = 0
     counters.last_loss = result.loss
+
+
+def _announce_plan(plan: StepPlan, config: LoopConfig, counters: _Counters, metrics: MetricsLog, bar: tqdm,
+                   log) -> None:
+    """Say how many steps fit in the time budget, in the log, the metrics and the progress bar."""
+    log(f"time budget {config.time_budget_s:.0f} s: {plan.steps} of at most {config.steps} steps "
+        f"({plan.anneal_steps} annealing), planned at step {counters.step} after {counters.seconds:.1f} s")
+    metrics.log("event", counters.step, event="planned_steps", steps=plan.steps, anneal_steps=plan.anneal_steps,
+                time_budget_s=config.time_budget_s, seconds=counters.seconds)
+    bar.total = plan.steps
+    bar.refresh()
 
 
 def _stop_diverged(counters: _Counters, metrics: MetricsLog, bar: tqdm, saver: ckpt.Checkpointer,

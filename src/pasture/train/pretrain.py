@@ -49,12 +49,12 @@ class PretrainTask:
     def wrap_model(self, transformer: nn.Module) -> nn.Module:
         return transformer
 
-    def next_step(self, step: int, tokens_seen: int, split: Callable[[int], MicroBatching]) -> StepBatches:
+    def next_step(self, step: int, tokens_seen: int, split: Callable[[int], MicroBatching],
+                  annealing: bool = False) -> StepBatches:
         t = self.recipe.train
         seq_len = schedule_value(t.seq_len_schedule, tokens_seen, "train.seq_len_schedule") if t.seq_len_schedule else t.seq_len
         batch_size = (schedule_value(t.batch_ramp, tokens_seen, "train.batch_ramp") // seq_len) if t.batch_ramp else t.batch_size
-        annealing = self.anneal_loader is not None and step >= t.steps - t.anneal_steps
-        source = self.anneal_loader if annealing else self.loader
+        source = self.anneal_loader if annealing and self.anneal_loader is not None else self.loader
         cut = split(batch_size)
         batches = [source.next_batch(cut.rows, seq_len) for _ in range(cut.count)]
         return StepBatches(batches, batch_size * seq_len, seq_len, {"seq_len": seq_len, "batch_size": batch_size})
@@ -87,6 +87,7 @@ def loop_config(recipe: PretrainRecipe) -> LoopConfig:
     t, c = recipe.train, recipe.checkpoint
     return LoopConfig(
         run_dir=Path(recipe.log.dir), steps=t.steps, optim=recipe.optim, anneal_steps=t.anneal_steps,
+        time_budget_s=t.time_budget_s,
         resume=recipe.resume, max_bad_steps=t.max_bad_steps, max_grad_norm=t.max_grad_norm,
         grad_spike_factor=t.grad_spike_factor, checkpoint_every=c.every, keep_last=c.keep_last,
         checkpoint_final=c.final, anneal_every=c.anneal_every, async_checkpoint=recipe.parallel.async_checkpoint,

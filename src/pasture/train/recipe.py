@@ -52,6 +52,7 @@ class TrainSection:
     batch_ramp: list[list[float]] = field(default_factory=list)  # [[tokens_seen, batch_tokens], ...]
     seq_len_schedule: list[list[float]] = field(default_factory=list)  # [[tokens_seen, seq_len], ...]
     anneal_steps: int = 0  # final steps: learning rate linearly to 0 on the anneal data
+    time_budget_s: float = 0.0  # fit the run into this many seconds; `steps` becomes a ceiling (0: off)
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
     compile: bool = False  # torch.compile each transformer block and the loss's elementwise work
@@ -127,6 +128,8 @@ def parse_recipe(raw: dict[str, Any]) -> PretrainRecipe:
     for name in ("steps", "seq_len", "batch_size"):
         if getattr(t, name) <= 0:
             raise PastureError(f"train.{name} must be positive, got {getattr(t, name)}")
+    if t.time_budget_s < 0:
+        raise PastureError(f"train.time_budget_s must be 0 (off) or a number of seconds, got {t.time_budget_s}")
     if t.anneal_steps >= t.steps:
         raise PastureError(f"train.anneal_steps={t.anneal_steps} must be below train.steps={t.steps}")
     if t.batch_ramp:

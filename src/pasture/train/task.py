@@ -115,9 +115,11 @@ class TrainTask(Protocol):
         modelling). A wrapper keeps the Transformer as a submodule and defines
         `init_weights(buffer_device)`, which initialises its own parameters and the Transformer's."""
 
-    def next_step(self, step: int, tokens_seen: int, split: Callable[[int], MicroBatching]) -> StepBatches:
+    def next_step(self, step: int, tokens_seen: int, split: Callable[[int], MicroBatching],
+                  annealing: bool = False) -> StepBatches:
         """This rank's micro-batches for `step`; `split(batch_size)` says how to cut a batch
-        of `batch_size` rows (all ranks together) into this rank's micro-batches."""
+        of `batch_size` rows (all ranks together) into this rank's micro-batches. `annealing`:
+        the step is one of the run's final annealing steps, as the loop planned them."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything `next_step` needs to continue exactly (loader positions); saved in
