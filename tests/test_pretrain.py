@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from ticking_clock import TickingClock
 from token_data import write_progressions
 
 from pasture import runs
@@ -113,17 +114,6 @@ def test_sigterm_checkpoints_the_current_step_and_resume_continues(token_data, t
     ckpt.validate(folder)
     assert main(["pretrain", *recipe_args(token_data, run, *steps, "resume=\"auto\"")]) == 0
     assert train_losses(run) == train_losses(tmp_path / "straight")
-
-
-class TickingClock:
-    """A stand-in for `time` in the loop: every reading is `tick` seconds after the last."""
-
-    def __init__(self, tick):
-        self.now, self.tick = 0.0, tick
-
-    def perf_counter(self):
-        self.now += self.tick
-        return self.now
 
 
 def test_time_budget_plans_the_steps_and_a_resumed_run_keeps_them(token_data, tmp_path, monkeypatch):

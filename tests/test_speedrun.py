@@ -7,15 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ticking_clock import TickingClock
 
 from pasture import runs
 from pasture.cli import main
 from pasture.data.gather import Root, gather, man_to_text
 from pasture.documents import Document, iter_documents, write_documents
 from pasture.speedrun import unigram_bits_per_byte
+from pasture.train import loop
 from pasture.train.shards import SplitWriter, write_index
 
-# 200 steps: enough to beat the unigram baseline (held-out bits/byte 4.00 against 4.12 after
+# 200 steps at most (150 with the test's time budget): enough to beat the unigram baseline (held-out bits/byte 4.00 against 4.12 after
 # 150 steps on 2 validation batches; 1.01x the baseline after 40 steps, 1.18x after 6)
 TINY = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.multiple_of=32",
         "train.steps=200", "train.anneal_steps=20", "optim.warmup_steps=2", "train.batch_ramp=[]", "train.batch_size=4",
@@ -37,11 +39,14 @@ def stdlib_documents(limit_bytes: int) -> list[Document]:
     return docs
 
 
-def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
+def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys, monkeypatch):
     src = tmp_path / "docs.jsonl"
     write_documents(src, stdlib_documents(600_000))
+    # a clock that ticks 10 ms a reading: the time budget plans 20 + int((2.94 - 0.39) / 0.0195) = 150 of the
+    # 200 steps at step 20 (tests/test_pretrain.py derives the same rule), and the stage counts that as finished
     args = ["speedrun", "--runs-dir", str(tmp_path / "runs"), "--name", "t", "--source", str(src),
-            "--vocab-size", "512", "--no-progress", "--val-fraction", "0.1", *TINY, *POST]
+            "--vocab-size", "512", "--no-progress", "--val-fraction", "0.1", *TINY, "train.time_budget_s=3", *POST]
+    monkeypatch.setattr(loop, "time", TickingClock(0.01))
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert "held-out bits/byte" in out and "unigram" in out and "xz -9e" in out and "-> DPO" in out
@@ -49,7 +54,8 @@ def test_speedrun_end_to_end_and_rerun_skips_finished_stages(tmp_path, capsys):
     assert "input files given with --source" in (tmp_path / "runs" / "t" / "report.md").read_text()
     run = tmp_path / "runs" / "t"
     summary = json.loads((run / "speedrun.json").read_text())
-    assert summary["pretrain"]["steps"] == 200 and summary["pretrain"]["tokens"] == 200 * 4 * 64
+    assert summary["pretrain"]["steps"] == 150 and summary["pretrain"]["tokens"] == 150 * 4 * 64
+    assert summary["pretrain"]["time_budget_s"] == 3
     assert summary["tokenizer"]["vocab_size"] == 512 + 256 and summary["tokenizer"]["held-out chars/token"] > 1
     kept = summary["curation"]["stages"]
     assert kept[0]["docs_in"] == len(list(iter_documents(src)))

@@ -212,9 +212,9 @@ def pretrain_stage(cfg: SpeedrunConfig) -> dict[str, Any]:
     recipe = parse_recipe(raw)
     started = time.perf_counter()
     summary = pretrain(recipe, raw)
-    if summary["steps"] < recipe.train.steps:  # stopped by a signal: not finished, so not recorded as done
-        raise PastureError(f"pre-training stopped at step {summary['steps']} of {recipe.train.steps}; "
-                           "run the same command again to resume it")
+    if not summary["finished"]:  # stopped by a signal: not recorded as done
+        raise PastureError(f"pre-training stopped at step {summary['steps']} of "
+                           f"{summary.get('planned_steps', recipe.train.steps)}; run the same command again to resume it")
     summary["wall_seconds"] = time.perf_counter() - started
     summary["recipe"] = recipe_name
     summary["overrides"] = cfg.recipe_overrides
@@ -344,6 +344,7 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
         "tokenize": tokens,
         "pretrain": {
             "recipe": trained.get("recipe"), "parameters": trained.get("params"), "steps": trained.get("steps"),
+            "time_budget_s": trained.get("time_budget_s"),
             "tokens": trained.get("tokens_seen"), "wall_seconds": round(trained.get("wall_seconds", 0), 1),
             "tokens_per_s (mean)": train_records.get("tokens_per_s"), "MFU": train_records.get("mfu"),
             "final train loss": trained.get("final_loss"), "skipped steps": trained.get("skipped_steps"),

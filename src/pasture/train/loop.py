@@ -231,10 +231,11 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
     saver.wait()
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": counters.step, "tokens_seen": counters.tokens_seen,
                                "skipped_steps": counters.skipped_total, "final_loss": counters.last_loss,
-                               "params": num_params(model_config), "train_seconds": round(counters.seconds, 2)}
+                               "params": num_params(model_config), "train_seconds": round(counters.seconds, 2),
+                               "finished": counters.step == plan.steps}
     if config.time_budget_s:
         summary.update(time_budget_s=config.time_budget_s, planned_steps=plan.steps)
-    if counters.step == plan.steps:
+    if summary["finished"]:
         anneal_start = plan.steps - plan.anneal_steps
         final_weights, description = None, ""
         if config.anneal_every and plan.anneal_steps:
