@@ -346,6 +346,7 @@ def speedrun(cfg: SpeedrunConfig, log: Callable[[str], None] = print) -> dict[st
             "recipe": trained.get("recipe"), "parameters": trained.get("params"), "steps": trained.get("steps"),
             "time_budget_s": trained.get("time_budget_s"),
             "tokens": trained.get("tokens_seen"), "wall_seconds": round(trained.get("wall_seconds", 0), 1),
+            "train_seconds": trained.get("train_seconds"),  # the steps' loop, over every resume
             "tokens_per_s (mean)": train_records.get("tokens_per_s"), "MFU": train_records.get("mfu"),
             "final train loss": trained.get("final_loss"), "skipped steps": trained.get("skipped_steps"),
         },

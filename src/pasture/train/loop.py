@@ -157,6 +157,7 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
     if resume_from is not None:
         state = ckpt.load(resume_from, model, optimizer)
         counters = _Counters(state["step"], state["tokens_seen"], state["skipped_steps"],
+                             last_loss=state.get("last_loss", float("nan")),
                              seconds=state.get("train_seconds", 0.0), step_seconds=state.get("step_seconds", 0.0))
         plan.load_state_dict(state)
         task.load_state_dict(state)
@@ -219,7 +220,7 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
                     or (config.checkpoint_every and step % config.checkpoint_every == 0)):
                 train_state = {"step": step, "tokens_seen": counters.tokens_seen,
                                "skipped_steps": counters.skipped_total, "guard": guard.state_dict(),
-                               "train_seconds": counters.seconds + time.perf_counter() - started - elapsed,
+                               "last_loss": counters.last_loss, "train_seconds": counters.seconds + time.perf_counter() - started - elapsed,
                                "step_seconds": counters.step_seconds, **plan.state_dict(), **task.state_dict()}
                 saver.save(run_dir, step, model, optimizer, train_state, model_config, raw_recipe,
                            keep_last=config.keep_last)
