@@ -94,7 +94,7 @@ def positions_from_document_ids(document_ids: torch.Tensor) -> torch.Tensor:
 class AttentionMask:
     """What every layer needs to mask attention in one forward pass, built once per pass."""
 
-    backend: str  # "causal" | "dense" | "explicit" (the dense mask, without SDPA) | "flex"
+    backend: str  # "causal" | "dense" | "flex"
     dense: torch.Tensor | None = None  # bool [B, 1, Tq, Tk], True where attention is allowed
     block_mask: object | None = None  # FlexAttention BlockMask
     # When the queries are a slice of a longer sequence (the sequence is split across
@@ -186,18 +186,6 @@ class KVCache(nn.Module):
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v under a dense mask, written out in tensor ops (query heads grouped
-    over their KV head). A compiler fuses these into the step around them; SDPA's CPU kernel costs
-    ~0.1 ms a call, more than the whole product for one decode query (benchmarks/RESULTS.md)."""
-    B, H, T, D = q.shape
-    kv_heads = k.shape[1]
-    grouped = q.reshape(B, kv_heads, H // kv_heads, T, D)
-    scores = grouped @ k.unsqueeze(2).transpose(-1, -2) * D**-0.5  # [B, KV heads, group, T, keys]
-    scores = scores.masked_fill(~allowed.unsqueeze(2), float("-inf"))
-    return (scores.softmax(-1) @ v.unsqueeze(2)).reshape(B, H, T, D)
-
-
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int) -> None:
         super().__init__()
@@ -223,8 +211,6 @@ class Attention(nn.Module):
         gqa = self.n_kv_heads != self.n_heads
         if mask.backend == "flex":
             out = _flex_attention(q, k, v, mask.block_mask, gqa)
-        elif mask.backend == "explicit":
-            out = _explicit_attention(q, k, v, mask.dense)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask.dense, is_causal=mask.backend == "causal", enable_gqa=gqa

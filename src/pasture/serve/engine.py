@@ -410,16 +410,12 @@ class Engine:
     def _build_decode_forward(self) -> Callable[[list[int], list[int], int], torch.Tensor]:
         """Last-position logits [n, vocab] for one new token per running row."""
         model, cache, device = self.model, self.cache, self.device
-        explicit_attention = self.compile and device.type == "cpu"  # SDPA's CPU kernel costs more than one query
 
         def forward(tokens: torch.Tensor, starts: torch.Tensor, key_len: int) -> torch.Tensor:
-            positions, mask = step_inputs(starts, 1, key_len, explicit=explicit_attention)
+            positions, mask = step_inputs(starts, 1, key_len)
             return model(tokens, cache=StepCache(cache, 0, starts, key_len), positions=positions, mask=mask)[:, -1]
 
-        # The served model's weights never change, so the step checks no guard on the model's modules:
-        # on CPU those checks (hundreds of buffers) cost ~2 ms a step (benchmarks/RESULTS.md).
-        step = torch.compile(forward, options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}) \
-            if self.compile else forward
+        step = torch.compile(forward) if self.compile else forward
         if self.cuda_graphs:
             step = GraphedDecodeStep(step)
             if self.compile:  # each row bucket compiles with static rows, then once more when key_len turns dynamic

@@ -96,13 +96,11 @@ class StepCache:
         return k_layer[rows, :, :self.key_len], v_layer[rows, :, :self.key_len]
 
 
-def step_inputs(starts: torch.Tensor, n_new: int, key_len: int,
-                explicit: bool = False) -> tuple[torch.Tensor, AttentionMask]:
-    """Rotary positions [n, T] and the attention mask for rows whose new tokens start at `starts`;
-    `explicit`: attention in plain tensor ops rather than SDPA (for a step a compiler fuses)."""
+def step_inputs(starts: torch.Tensor, n_new: int, key_len: int) -> tuple[torch.Tensor, AttentionMask]:
+    """Rotary positions [n, T] and the attention mask for rows whose new tokens start at `starts`."""
     positions = starts[:, None] + torch.arange(n_new, device=starts.device)[None]
     if n_new > 1 and int(starts.max()) == 0:
         return positions, AttentionMask("causal")
     keys = torch.arange(key_len, device=starts.device)
     allowed = keys[None, None, :] <= positions[:, :, None]  # [n, T, keys]
-    return positions, AttentionMask("explicit" if explicit else "dense", dense=allowed[:, None])
+    return positions, AttentionMask("dense", dense=allowed[:, None])
