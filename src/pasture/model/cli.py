@@ -83,7 +83,8 @@ def _convert(args: argparse.Namespace) -> int:
         return 0
     if args.dtype:
         state = {k: v.to(getattr(torch, args.dtype)) for k, v in state.items()}
-    out = write_checkpoint(state, config, args.dst, args.to)
+    out = write_checkpoint(state, config, args.dst, args.to,
+                           bos_eos=(tokenizer.bos_id, tokenizer.eos_id) if tokenizer is not None else None)
     note = "no tokenizer found with SRC"
     if tokenizer is not None:
         _save_tokenizer(tokenizer, out, args.to)

@@ -136,7 +136,15 @@ def _ffn_fields(dim: int, hidden: int) -> dict[str, Any]:
     return {"multiple_of": 256, "ffn_dim_multiplier": None, "ffn_dim": hidden}
 
 
-def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str, Any]:
+LLAMA3_BOS_EOS = (128000, 128001)
+
+
+def config_to_hf(config: ModelConfig, torch_dtype: str = "float32",
+                 bos_eos: tuple[int | None, int | None] | None = None) -> dict[str, Any]:
+    """transformers' config.json for `config`. `bos_eos`: the tokenizer's ids; by default Llama 3's,
+    left out when the vocabulary does not hold them (an id past it breaks loaders such as vLLM)."""
+    if bos_eos is None:
+        bos_eos = LLAMA3_BOS_EOS if config.vocab_size > max(LLAMA3_BOS_EOS) else (None, None)
     rope_scaling = None
     if config.rope_scaling is not None:
         rope_scaling = {"rope_type": "llama3", **vars(config.rope_scaling)}
@@ -160,8 +168,8 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
         "mlp_bias": False,
         "attention_dropout": 0.0,
         "initializer_range": 0.02,
-        "bos_token_id": 128000,
-        "eos_token_id": 128001,
+        "bos_token_id": bos_eos[0],
+        "eos_token_id": bos_eos[1],
         "torch_dtype": torch_dtype,
     }
 
@@ -390,8 +398,9 @@ def check_shapes(state: dict[str, torch.Tensor], config: ModelConfig) -> None:
 # ---------------------------------------------------------------- writing
 
 
-def write_checkpoint(state: dict[str, torch.Tensor], config: ModelConfig, dst: str | Path, fmt: str) -> Path:
-    """Write pasture-layout weights `state` as `fmt` into folder `dst`."""
+def write_checkpoint(state: dict[str, torch.Tensor], config: ModelConfig, dst: str | Path, fmt: str,
+                     bos_eos: tuple[int | None, int | None] | None = None) -> Path:
+    """Write pasture-layout weights `state` as `fmt` into folder `dst` (`bos_eos`: see `config_to_hf`)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     out = Path(dst)
@@ -405,7 +414,7 @@ def write_checkpoint(state: dict[str, torch.Tensor], config: ModelConfig, dst: s
         config.save(out / "config.json")
         save_file(state, out / "model.safetensors", metadata={"format": "pt"})
     elif fmt == "hf":
-        (out / "config.json").write_text(json.dumps(config_to_hf(config, dtype), indent=2) + "\n")
+        (out / "config.json").write_text(json.dumps(config_to_hf(config, dtype, bos_eos), indent=2) + "\n")
         save_file(to_hf_names(state), out / "model.safetensors", metadata={"format": "pt"})
     else:
         meta = permute_qk(state, config, half_to_interleaved)
