@@ -185,7 +185,10 @@ def vllm_rates(model, prompts, args) -> tuple[dict[int, float], list[int], str] 
                               timeout=args.row_timeout * 4)
     if done.returncode != 0:
         return f"vllm_rates.py exited with status {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    line = next((line for line in done.stdout.splitlines() if line.startswith("vllm_rates: ")), None)
+    if line is None:
+        return f"vllm_rates.py printed no result: {done.stdout.strip().splitlines()[-1:]}"
+    result = json.loads(line.removeprefix("vllm_rates: "))
     rates = {int(b): r for b, r in result["rates"].items()}
     for batch, rate in rates.items():
         print(f"  vLLM batch {batch}: {rate:.1f} tokens/s", flush=True)

