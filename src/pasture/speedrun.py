@@ -68,7 +68,7 @@ PRESET_RECIPES = {"tiny": "tiny", "125m": "125m", "llama3.2-1b": "1b", "1b": "1b
 # What the speedrun changes in the tiny recipe, each lever measured as an A/B at the same wall-clock
 # (benchmarks/RESULTS.md, session 7): Muon for the blocks' matrices and warmup-stable-decay beat AdamW
 # and cosine. Pre-training gets 9.5 minutes whatever the machine: at step 300 the loop fixes how many of
-# at most 3,000 steps fit (~2,400 on 2 cores of this project's CPU box; the last 10% anneal), which
+# at most 3,000 steps fit (1,797 on this project's 2-core box in session 8; the last 10% anneal), which
 # warmup-stable-decay allows, its rate being flat until the decay.
 # The tiny recipe itself stays AdamW/cosine: torch's Muon does not take sharded (FSDP/TP) matrices.
 SPEEDRUN_LEVERS = {"tiny": ['optim.optimizer="muon"', 'optim.schedule="wsd"', "train.steps=3000",
