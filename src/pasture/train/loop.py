@@ -114,6 +114,11 @@ class StepPlan:
     def plan_at(self) -> int:
         return max(20, self.steps // 10)
 
+    @property
+    def anneal_start(self) -> int:
+        """The step after which the rate anneals (0-based steps at or past it are annealing steps)."""
+        return self.steps - self.anneal_steps
+
     def observe(self, counters: _Counters, step_seconds: float) -> bool:
         """Record a step's time; True when this step fixed the plan."""
         self.recent.append(step_seconds)
@@ -182,7 +187,7 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batches = task.next_step(counters.step, counters.tokens_seen, runner.split,
-                                     annealing=counters.step >= plan.steps - plan.anneal_steps)
+                                     annealing=counters.step >= plan.anneal_start)
             result = runner.forward_backward(batches.micro_batches, task.objective)
             grad_norm = runner.clip_gradients(config.optim.grad_clip or float("inf"))
             _apply_or_skip(result, grad_norm, optimizer, runner, guard, counters, metrics)
@@ -206,12 +211,11 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
             bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
             bar.update(1)
             step = counters.step
-            anneal_start = plan.steps - plan.anneal_steps
             if validate is not None and config.eval_every and step % config.eval_every == 0 and step < plan.steps:
                 metrics.log("val", step, **validate())
             if benchmarks is not None and config.benchmark_every and step % config.benchmark_every == 0:
                 metrics.log("eval", step, **benchmarks(model, step))
-            if config.anneal_every and step > anneal_start and (step - anneal_start) % config.anneal_every == 0:
+            if config.anneal_every and step > plan.anneal_start and (step - plan.anneal_start) % config.anneal_every == 0:
                 ckpt.save_anneal_weights(run_dir, step, model, model_config)
             stopping, written = agree_across_ranks(stop.requested, saver.written(), runner.device)
             if saver.pending and written:  # finish an async checkpoint as soon as every rank wrote it
@@ -237,13 +241,12 @@ def train(task: TrainTask, runner: Runner, config: LoopConfig, model_config: Mod
     if config.time_budget_s:
         summary.update(time_budget_s=config.time_budget_s, planned_steps=plan.steps)
     if summary["finished"]:
-        anneal_start = plan.steps - plan.anneal_steps
         final_weights, description = None, ""
         if config.anneal_every and plan.anneal_steps:
             final_weights = ckpt.average_anneal_weights(run_dir, model, model_config, log)
             summary["averaged"] = str(final_weights)
             kept = len(ckpt.anneal_snapshots(run_dir, model_config))
-            description = f"average of {kept} annealing checkpoints (steps {anneal_start + 1}-{plan.steps})"
+            description = f"average of {kept} annealing checkpoints (steps {plan.anneal_start + 1}-{plan.steps})"
             runner.after_optimizer_step()
         elif config.checkpoint_final:
             final_weights, description = ckpt.step_dir(run_dir, plan.steps), f"checkpoint of step {plan.steps}"
