@@ -275,11 +275,12 @@ def measure(row: str, model, gguf: Path | None, prompts, args) -> tuple[dict[int
         label = "pasture engine " + ("bf16, compiled, CUDA graphs" if cuda else "fp32" + (", compiled" if args.compile else ""))
         return *pasture_rates(model, prompts, args, compile_decode), label
     if row == "packed":
-        return (*pasture_rates(pack_for_cpu(copy.deepcopy(model)), prompts, args),
-                "pasture engine fp32, oneDNN-packed linears (what `pasture serve` runs on CPU)")
+        return (*pasture_rates(pack_for_cpu(copy.deepcopy(model), max(args.batch_sizes)), prompts, args),
+                "pasture engine fp32, oneDNN-packed linears (`pasture serve` on CPU)")
     if row == "compiled":
-        return (*pasture_rates(rows_for_compiled_cpu(copy.deepcopy(model)), prompts, args, compile_decode=True),
-                "pasture engine fp32, compiled, row-dot linears (`pasture serve --compile` on CPU)")
+        rows = rows_for_compiled_cpu(copy.deepcopy(model), max(args.batch_sizes))
+        return (*pasture_rates(rows, prompts, args, compile_decode=True),
+                "pasture engine fp32, compiled, row-dot linears and oneDNN for batches (`pasture serve --compile` on CPU)")
     if row == "transformers":
         import transformers
 

@@ -51,7 +51,7 @@ def test_engine_decodes_the_int8_model_like_its_own_forward():
 
 def test_packed_fp32_model_gives_the_same_logits_and_tokens():
     plain = pm.build(byte_config(), seed=2).eval()
-    packed = pack_for_cpu(pm.build(byte_config(), seed=2).eval())
+    packed = pack_for_cpu(pm.build(byte_config(), seed=2).eval(), batch_hint=3)
     assert isinstance(packed.output, PackedLinear) and isinstance(packed.layers[1].attention.wq, PackedLinear)
     assert packed.tok_embeddings.weight.dtype == torch.float32  # the tied embedding keeps its own weight
     for batch, length in ((1, 1), (3, 1), (2, 17)):  # decode shapes and a prefill
@@ -65,10 +65,12 @@ def test_packed_fp32_model_gives_the_same_logits_and_tokens():
 
 
 def test_row_dot_linears_in_a_compiled_cpu_step_give_the_same_logits_and_tokens():
-    """`pasture serve --compile` on CPU: one-row linears become row dot products inside the compiled step."""
+    """`pasture serve --compile` on CPU: one-row linears become row dot products inside the compiled step,
+    more rows (and the eager prefill) go through the oneDNN copy, the custom op inductor calls."""
     plain = pm.build(byte_config(), seed=2).eval()
-    rows = rows_for_compiled_cpu(pm.build(byte_config(), seed=2).eval())
+    rows = rows_for_compiled_cpu(pm.build(byte_config(), seed=2).eval(), batch_hint=3)
     assert isinstance(rows.output, RowDotLinear) and isinstance(rows.layers[1].feed_forward.w2, RowDotLinear)
+    assert rows.output.packed is not None and rows_for_compiled_cpu(pm.build(byte_config())).output.packed is None
     compiled = torch.compile(rows)
     for batch, length in ((1, 1), (3, 1), (1, 9)):
         tokens = torch.randint(0, 256, (batch, length))
@@ -77,7 +79,7 @@ def test_row_dot_linears_in_a_compiled_cpu_step_give_the_same_logits_and_tokens(
     prompts = [[5, 9, 200, 31], [7, 7, 7], [100]]
     params = SamplingParams(temperature=0, max_tokens=12)
     with Engine(plain, max_batch_size=3) as a, Engine(rows, max_batch_size=3, compile=True) as b:
-        for batch in (prompts[:1], prompts):  # batch 1 takes the row-dot path, batch 3 F.linear
+        for batch in (prompts[:1], prompts):  # batch 1 takes the row-dot path, batch 3 oneDNN
             assert [r.token_ids for r in a.generate(batch, params)] == [r.token_ids for r in b.generate(batch, params)]
 
 

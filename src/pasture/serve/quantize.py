@@ -8,11 +8,13 @@ benchmarks/decode_throughput.py measures it against torchao's int8 weight-only c
 
 `pack_for_cpu` keeps fp32 and only changes the kernel: MKL's fp32 GEMV, which `nn.Linear`
 calls, reads weights at 6-8 GB/s on this project's CPUs (AMD EPYC, AVX2) against 18 GB/s of
-memory bandwidth, and at batch 8-32 its skinny GEMMs are slower still; oneDNN on the same
-weights, reordered once into its blocked layout, reads them up to twice as fast
-(benchmarks/decode_throughput.py). `rows_for_compiled_cpu` is the other way, for an engine
-whose decode step is compiled: a one-row linear becomes row dot products that inductor
-turns into one vectorised loop streaming the weights, faster still at batch 1.
+memory bandwidth, and at batch 8-32 its skinny GEMMs are slower still (the [32, 576] x
+[576, 49152] output head runs at a third of the matmul peak); oneDNN on the same weights,
+reordered once into its blocked layout for the engine's batch size, runs 1.4-2.5x faster there
+(RESULTS.md, session 9). `rows_for_compiled_cpu` is the other way, for an engine whose decode
+step is compiled: a one-row linear becomes row dot products that inductor turns into one
+vectorised loop streaming the weights, faster still at batch 1; with more rows it keeps a
+oneDNN copy too.
 
 FP8 follows the Llama 3 paper (§6.2): only the feed-forward layers, row-wise scales for
 weights and activations, each activation row's max clamped at 1200 before its scale is
@@ -20,6 +22,8 @@ taken, the first and last transformer blocks left in bf16 (torchao, H100-class G
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,16 +60,33 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
 
 
+@torch.library.custom_op("pasture::onednn_linear", mutates_args=())
+def onednn_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    """oneDNN's fp32 linear on a weight it reordered once. An op of its own so a compiled step can
+    call it: inductor lowers `mkldnn._linear_pointwise` only on weights it froze itself."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+@onednn_linear.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+def onednn_pack(weight: torch.Tensor, batch_hint: int) -> torch.Tensor:
+    """`weight` [out, in] in oneDNN's blocked layout for about `batch_hint` input rows."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), batch_hint)
+
+
 class PackedLinear(nn.Module):
     """A bias-free fp32 linear layer whose weight oneDNN reordered once into its blocked layout."""
 
     def __init__(self, weight: torch.Tensor, batch_hint: int = 1) -> None:
         super().__init__()
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), batch_hint)
+        self.packed = onednn_pack(weight, batch_hint)
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        return onednn_linear(x, self.packed, self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp32 packed for oneDNN"
@@ -74,38 +95,48 @@ class PackedLinear(nn.Module):
 class RowDotLinear(nn.Module):
     """A bias-free fp32 linear layer that, inside a compiled step, computes one input row as dot
     products with the weight's rows, `(x * W).sum(-1)`: inductor fuses that into one pass over the
-    weights. Eagerly (a prefill) and for more rows it is `F.linear`; eagerly the product would be
-    an [out, in] temporary."""
+    weights. Eagerly (a prefill) the product would be an [out, in] temporary, so there, and for
+    more rows, it is oneDNN on a packed copy (`batch_hint` > 1: twice the weights' memory, for
+    1.4-2.5x faster batched steps) or else `F.linear`."""
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, batch_hint: int = 1) -> None:
         super().__init__()
         self.register_buffer("weight", weight.detach())
+        self.packed = onednn_pack(weight, batch_hint) if batch_hint > 1 else None
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[:-1].numel() == 1 and torch.compiler.is_compiling():
             return (x.unsqueeze(-2) * self.weight).sum(-1)
+        if self.packed is not None:
+            return onednn_linear(x, self.packed, self.out_features)
         return F.linear(x, self.weight)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, row dot products at batch 1"
+        more = "oneDNN" if self.packed is not None else "F.linear"
+        return f"in_features={self.in_features}, out_features={self.out_features}, row dot products at batch 1, " \
+               f"{more} otherwise"
 
 
-def pack_for_cpu(model: Transformer) -> Transformer:
-    """Serve-only: every fp32 linear layer a decode step reads becomes a `PackedLinear` (same
-    numbers to float rounding); the weights stop being parameters, so the model no longer trains."""
+def pack_for_cpu(model: Transformer, batch_hint: int = 1) -> Transformer:
+    """Serve-only: every fp32 linear layer a decode step reads becomes a `PackedLinear` laid out
+    for `batch_hint` rows (the engine's max batch size; same numbers to float rounding); the
+    weights stop being parameters, so the model no longer trains."""
     if not torch.backends.mkldnn.is_available():
         return model
-    return _replace_cpu_fp32_linears(model, PackedLinear)
+    return _replace_cpu_fp32_linears(model, lambda w: PackedLinear(w, batch_hint))
 
 
-def rows_for_compiled_cpu(model: Transformer) -> Transformer:
+def rows_for_compiled_cpu(model: Transformer, batch_hint: int = 1) -> Transformer:
     """Serve-only, for an engine that compiles its decode step on CPU: every fp32 linear layer a
-    decode step reads becomes a `RowDotLinear` (same numbers to float rounding)."""
-    return _replace_cpu_fp32_linears(model, RowDotLinear)
+    decode step reads becomes a `RowDotLinear` (same numbers to float rounding), with a oneDNN copy
+    for batches when `batch_hint` (the engine's max batch size) is above 1 and oneDNN is there."""
+    if not torch.backends.mkldnn.is_available():
+        batch_hint = 1
+    return _replace_cpu_fp32_linears(model, lambda w: RowDotLinear(w, batch_hint))
 
 
-def _replace_cpu_fp32_linears(model: Transformer, make: type[nn.Module]) -> Transformer:
+def _replace_cpu_fp32_linears(model: Transformer, make: Callable[[torch.Tensor], nn.Module]) -> Transformer:
     for parent, name in _linear_layers(model):
         layer = getattr(parent, name)
         if isinstance(layer, nn.Linear) and layer.bias is None and layer.weight.dtype == torch.float32 \
