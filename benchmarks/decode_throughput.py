@@ -14,7 +14,8 @@ pasture (compiled decode, CUDA graphs) against transformers on the same weights,
 
 Every row generates `--new-tokens` tokens (end-of-sequence ignored) after the same random
 `--prompt-tokens`-token prompts, greedy; tokens/s is the batch's new tokens over the wall time of
-the whole call (prefill included), best of `--repeats`. Run it under the benchmark lock:
+the whole call (prefill included: pasture's and vLLM's prefix caches are off, so repeating the
+same prompts saves no work), best of `--repeats`. Run it under the benchmark lock:
 
     flock /tmp/pasture-bench.lock python benchmarks/decode_throughput.py --record
 """
@@ -70,7 +71,7 @@ def pasture_rates(model, prompts, args, compile_decode: bool | None = None) -> t
     params = SamplingParams(temperature=0, max_tokens=args.new_tokens, ignore_eos=True)
     rates, first = {}, []
     with Engine(model, max_batch_size=max(args.batch_sizes), max_seq_len=args.prompt_tokens + args.new_tokens + 1,
-                compile=compile_decode) as engine:
+                compile=compile_decode, prefix_caching=False) as engine:  # every call prefills its prompts in full
         for batch in args.batch_sizes:
             engine.generate(prompts[:batch], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
             first = first or engine.generate(prompts[:1], params)[0].token_ids
@@ -413,7 +414,7 @@ def main() -> int:
                   f"Versions: Python {platform.python_version()}, torch {torch.__version__}. Model: {source}, "
                   f"{'bf16' if cuda else 'fp32'}; prompts {args.prompt_tokens} random tokens, "
                   f"{args.new_tokens} new tokens greedy (EOS ignored), best of {args.repeats}, wall time of the whole "
-                  f"call including prefill{'; each row in its own process' if isolate else ''}.\n`{command}`\n\n")
+                  f"call including prefill (prefix caches off){'; each row in its own process' if isolate else ''}.\n`{command}`\n\n")
         with RESULTS.open("a") as f:
             f.write(header + report + "\n")
     return 0

@@ -5,7 +5,7 @@ own (benchmarks/README.md) and this script is all that runs there. It reads a Hu
 folder that decode_throughput.py wrote from the same weights, and the prompts as token ids (no
 tokenizer: vLLM is told to skip it), and prints one line, `vllm_rates: ` and JSON: tokens/s per batch size and prompt
 0's greedy tokens, measured as the other rows are (new tokens over the wall time of the whole
-call, prefill included, best of --repeats).
+call, prefill included with the prefix cache off, best of --repeats).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def main() -> None:
     args = p.parse_args()
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in json.loads(args.prompts.read_text())]
     llm = LLM(model=str(args.model), dtype="float32", skip_tokenizer_init=True, max_model_len=256,
-              max_num_seqs=max(args.batch_sizes), seed=0)
+              max_num_seqs=max(args.batch_sizes), seed=0,
+              enable_prefix_caching=False)  # as pasture's row: repeated prompts are prefilled again
     greedy = SamplingParams(temperature=0, max_tokens=args.new_tokens, min_tokens=args.new_tokens,
                             ignore_eos=True, detokenize=False)
     warm_up = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, detokenize=False)

@@ -114,6 +114,34 @@ def test_continuous_batching_gives_each_request_its_solo_tokens(model):
     assert stats.decode_steps < sum(sp.max_tokens for sp in MIXED) - 6  # rows really shared decode steps
 
 
+def test_prompts_prefilled_together_are_padded_and_give_their_solo_numbers(model):
+    prompts = prompts_of([3, 25, 8, 1], seed=6)
+    params = SamplingParams(temperature=0, max_tokens=6, logprobs=2)
+
+    def run(**engine_args) -> tuple[list, list[tuple[int, int]]]:
+        shapes = []
+        hook = model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+        try:
+            with Engine(model, max_batch_size=4, **engine_args) as engine:
+                with engine._lock:  # all four are queued before the engine thread's first iteration
+                    handles = [engine.submit(p, params) for p in prompts]
+                return [h.result() for h in handles], shapes
+        finally:
+            hook.remove()
+
+    together, shapes = run()
+    assert shapes == [(4, 25)] + [(4, 1)] * 5  # one prefill padded to the longest prompt, then decode steps
+    for prompt, result in zip(prompts, together):
+        tokens, log_probs = forward_greedy(model, prompt, 6)
+        assert result.token_ids == tokens
+        assert [lp.logprob for lp in result.logprobs] == pytest.approx(
+            [step[t].item() for step, t in zip(log_probs, tokens)], abs=1e-4)
+    # 50 padded tokens an iteration: 2 x 25 first, then a decode step, then the other two (2 x 8)
+    split, shapes = run(max_prefill_tokens=50)
+    assert shapes[:4] == [(2, 25), (2, 1), (2, 8), (4, 1)]
+    assert [r.token_ids for r in split] == [r.token_ids for r in together]
+
+
 def test_engine_equals_previous_kv_cache_generation_and_cli(word_model, llama3_tokenizer, tmp_path, capsys):
     tok = llama3_tokenizer
     prompt = tok.encode("The herd grazes on", bos=True)

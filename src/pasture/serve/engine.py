@@ -1,8 +1,8 @@
 """The inference engine: continuous batching over a slot KV cache, one model forward.
 
 A background thread owns the model and the cache. Each iteration it admits waiting
-requests into free cache rows (prefilling only what the prefix cache does not already
-hold), then runs one decode step for every running request, samples each row with its
+requests into free cache rows (prefilling, several prompts per forward, only what the
+prefix cache does not already hold), then runs one decode step for every running request, samples each row with its
 own parameters and streams the new token to the request's listener. A request leaves as
 soon as it stops; the next waiting one takes its row before the next decode step.
 
@@ -32,10 +32,14 @@ import torch
 
 from pasture.model.llama import Transformer
 from pasture.serve.cuda_graphs import GraphedDecodeStep
-from pasture.serve.kv_cache import SlotCache, StepCache, step_inputs
+from pasture.serve.kv_cache import SlotCache, StepCache, common_prefix_length, step_inputs
 from pasture.serve.sampling import SamplerRow, SamplingParams, TokenLogprob, sample
 
 Prompt = str | Sequence[int]
+
+# A queued prompt sharing at least this many more tokens with one being prefilled than the cache
+# holds (a system prompt, few-shot examples) waits one prefill to copy them rather than recompute.
+PREFIX_WORTH_WAITING = 32
 
 
 class EngineError(RuntimeError):
@@ -171,7 +175,8 @@ class Engine:
     max_batch_size: cache rows, i.e. requests decoded together.
     max_seq_len: positions per row (prompt + output); default min(model's, 4096).
     max_prefill_tokens: prompt tokens prefilled per iteration before the next decode step,
-        so long prompts do not stall running requests for long (at least one is admitted).
+        so long prompts do not stall running requests for long (at least one is admitted);
+        prompts prefilled together in one forward count as padded to the longest.
     compile: torch.compile the decode step (default: on CUDA).
     cuda_graphs: pad decode shapes to buckets and replay each bucket's step as a CUDA graph
         that the engine captures itself (default: on CUDA).
@@ -353,46 +358,67 @@ class Engine:
         if self._running:
             self._decode()
 
-    def _next_waiting(self) -> _Request | None:
-        """The queue's head stays queued until its prefill is done, so stats() never shows it nowhere."""
-        with self._lock:
-            return self._waiting[0] if self._waiting else None
-
     def _admit(self) -> None:
         budget = self.max_prefill_tokens
         while len(self._running) < self.max_batch_size and budget > 0:
-            request = self._next_waiting()
-            if request is None:
+            group = self._place_next_group(budget)
+            if not group:
                 return
-            budget -= self._prefill(request)
+            budget -= self._prefill(group)
 
-    def _prefill(self, request: _Request) -> int:
-        """Put `request` in the next free row, reuse its longest cached prefix, run the rest; returns tokens run."""
-        row = len(self._running)
+    def _place_next_group(self, budget: int) -> list[_Request]:
+        """Put the queue's next requests in the next free rows, each with its longest cached prefix, and
+        return the ones to prefill together: as many as fit `budget` padded tokens (at least one). A
+        request that shares a long prefix with one already in the group waits for the next group, to
+        copy that prefix instead of computing it again. Requests stay queued until their prefill is
+        done, so stats() never shows them nowhere."""
+        with self._lock:
+            candidates = list(itertools.islice(self._waiting, self.max_batch_size - len(self._running)))
         cache = self.cache
-        cached = 0
-        if self.prefix_caching:
-            source, cached = cache.longest_prefix(request.prompt, range(cache.slots))
+        group: list[_Request] = []
+        longest_new = 0
+        for request in candidates:
+            row = len(self._running) + len(group)
+            source, cached = cache.longest_prefix(request.prompt, range(cache.slots)) if self.prefix_caching else (-1, 0)
+            new = len(request.prompt) - cached
+            if group:
+                shared = max(common_prefix_length(member.prompt, request.prompt[:-1]) for member in group)
+                if (len(group) + 1) * max(longest_new, new) > budget or shared - cached >= PREFIX_WORTH_WAITING:
+                    break
             if source >= row:  # a free row: move it here
                 cache.swap(source, row)
-            elif source >= 0:  # a running row: copy its prefix
+            elif source >= 0:  # a running row or an earlier one of this group: copy its prefix
                 cache.copy_prefix(source, row, cached)
-        cache.tokens[row] = request.prompt[:cached]
-        new = request.prompt[cached:]
-        request.cached_tokens = cached
-        starts = torch.tensor([cached], device=self.device)
-        positions, mask = step_inputs(starts, len(new), cached + len(new))
-        tokens = torch.tensor([new], device=self.device)
-        logits = self.model(tokens, cache=StepCache(cache, row, starts, cached + len(new)),
-                            positions=positions, mask=mask)[:, -1]
-        cache.tokens[row] = list(request.prompt)
+            cache.tokens[row] = request.prompt[:cached]
+            request.cached_tokens = cached
+            group.append(request)
+            longest_new = max(longest_new, new)
+        return group
+
+    def _prefill(self, group: list[_Request]) -> int:
+        """Run the uncached prompt tokens of `group` (in the next rows) as one padded batch and sample each
+        request's first token from its last prompt position; returns the tokens run, padding included."""
+        first_row, n = len(self._running), len(group)
+        starts = torch.tensor([r.cached_tokens for r in group], device=self.device)
+        lengths = torch.tensor([len(r.prompt) - r.cached_tokens for r in group], device=self.device)
+        width = int(lengths.max())
+        tokens = torch.tensor([r.prompt[r.cached_tokens:] + [0] * (width - len(r.prompt) + r.cached_tokens)
+                               for r in group], device=self.device)
+        key_len = max(len(r.prompt) for r in group)
+        positions, mask = step_inputs(starts, width, key_len, lengths, pad_position=self.cache.max_len)
+        hidden = self.model(tokens, cache=StepCache(self.cache, first_row, starts, key_len, positions),
+                            positions=positions, mask=mask, return_hidden=True)
+        logits = self.model.output(hidden[torch.arange(n, device=self.device), lengths - 1]).float()  # last only
+        for row, request in enumerate(group, start=first_row):
+            self.cache.tokens[row] = list(request.prompt)
         with self._lock:
-            self._waiting.popleft()
-            self._running.append(request)
-            self._counts["prompt_tokens"] += len(request.prompt)
-            self._counts["prefix_cached_tokens"] += cached
-        self._sample_and_emit(logits, [request])
-        return len(new)
+            for request in group:
+                self._waiting.popleft()
+                self._running.append(request)
+                self._counts["prompt_tokens"] += len(request.prompt)
+                self._counts["prefix_cached_tokens"] += request.cached_tokens
+        self._sample_and_emit(logits, group)
+        return n * width
 
     def _decode(self) -> None:
         running = self._running
