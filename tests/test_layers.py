@@ -23,11 +23,13 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"ground", "model", "tokenizer"},
     **{name: BELOW_STAGES | {"runs"} for name in STAGES},
     "runs": set(BELOW_STAGES),  # the loader of runs and checkpoints every stage opens models with
-    # the engine samples for evaluation and rejection sampling; evaluation scores sweeps and post-training
+    # the engine samples for evaluation and rejection sampling; evaluation scores sweeps and post-training,
+    # and its tables go into the report card
     "serve": BELOW_STAGES | {"runs", "safety"},
     "eval": BELOW_STAGES | {"runs", "serve", "safety"},
     "post": BELOW_STAGES | {"runs", "serve", "eval"},
     "scaling": BELOW_STAGES | {"runs", "eval"},
+    "report": BELOW_STAGES | {"runs", "eval"},  # the report card renders eval's results tables
     "commands": {"ground", "train", "speedrun", *BASE, *STAGES},
     "top": {"ground", "commands", "train", *BASE, *STAGES},
 }

@@ -22,7 +22,6 @@ from pasture import model as model_formats
 from pasture.model.config import ModelConfig
 from pasture.model.llama import Transformer
 from pasture.train import checkpoint as ckpt
-from pasture.train import checkpoint as training_checkpoint
 
 __all__ = ["describe", "load", "read_weights", "run_folder"]
 
@@ -40,7 +39,7 @@ def run_folder(path: str | Path) -> Path:
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """Weights (CPU, pasture names) and config of everything `load` opens."""
-    return training_checkpoint.read_weights(run_folder(path))
+    return ckpt.read_weights(run_folder(path))
 
 
 def describe(path: str | Path) -> str:

@@ -4,5 +4,5 @@ generation through the serving engine, sandboxed code execution, and an lm-eval 
     from pasture.eval.lm import load_eval_model
     from pasture.eval.evaluator import evaluate, EvalSettings
     results = evaluate(load_eval_model("runs/tiny/train"), ["arc_easy"], EvalSettings(limit=100))
-    print(pasture.report.eval_tables.results_table(results))
+    print(pasture.eval.tables.results_table(results))
 """

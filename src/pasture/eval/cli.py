@@ -50,7 +50,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from pasture.eval.evaluator import EvalError, EvalSettings, evaluate
     from pasture.eval.lm import load_eval_model
-    from pasture.report.eval_tables import results_table
+    from pasture.eval.tables import results_table
 
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not names:

@@ -23,7 +23,7 @@ import torch
 
 from pasture import __version__
 from pasture.errors import PastureError
-from pasture.report.eval_tables import inloop_table, results_table
+from pasture.eval.tables import inloop_table, results_table
 from pasture.train.metrics import read_metrics
 
 

@@ -60,16 +60,21 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
 
 
-@torch.library.custom_op("pasture::onednn_linear", mutates_args=())
-def onednn_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
-    """oneDNN's fp32 linear on a weight it reordered once. An op of its own so a compiled step can
-    call it: inductor lowers `mkldnn._linear_pointwise` only on weights it froze itself."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+# oneDNN's fp32 linear on a weight it reordered once, as an op of pasture's own so a compiled step
+# can call it: inductor lowers `mkldnn._linear_pointwise` only on weights it froze itself. Defined
+# with the plain library API, which adds ~4 us a call where `torch.library.custom_op` adds ~30.
+_LIBRARY = torch.library.Library("pasture", "DEF")
+_LIBRARY.define("onednn_linear(Tensor x, Tensor packed, int out_features) -> Tensor")
+_LIBRARY.impl("onednn_linear", lambda x, packed, out_features: torch.ops.mkldnn._linear_pointwise(
+    x, packed, None, "none", [], ""), "CompositeExplicitAutograd")
 
 
-@onednn_linear.register_fake
+@torch.library.register_fake("pasture::onednn_linear")
 def _(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], out_features)
+
+
+onednn_linear = torch.ops.pasture.onednn_linear
 
 
 def onednn_pack(weight: torch.Tensor, batch_hint: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """`pasture eval` results as markdown tables, for the report card and the command's output.
-Plain dictionaries in, text out: the report renders results without loading the evaluation stack."""
+Plain dictionaries in, text out: the report renders results without loading the evaluation stack
+(this module imports nothing of it)."""
 
 from __future__ import annotations
 
