@@ -83,8 +83,9 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together")
     p.add_argument("--max-seq-len", type=int, default=None, help="positions per request (default: up to 4096)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the decode step (default: on CUDA only; on CPU it speeds up batch-1 decode "
-                   "and the first requests wait for compilation)")
+                   help="torch.compile the decode step (default: on CUDA only; on CPU it speeds up decode, "
+                   "the first requests wait for compilation, and with --max-batch-size above 1 the linear "
+                   "weights are held twice: row dot products for one row, oneDNN for more)")
 
 
 def _load(args: argparse.Namespace):
