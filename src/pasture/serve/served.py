@@ -80,9 +80,10 @@ def load_served(path: str, *, tokenizer: str | None = None, device: str = "auto"
 
     PATH is a run folder, a checkpoint, a pasture / Hugging Face / Meta folder, or a GGUF
     file. On CUDA the weights are bf16; on CPU fp32, packed for oneDNN at `max_batch_size`
-    rows, or with `compile` also as row dot products in a compiled decode step (faster at
-    batch 1; the first requests wait for compilation; with `max_batch_size` above 1 the
-    linear weights are held twice). `compile` defaults to on for CUDA, off for CPU. `quantize` is int8
+    rows (when above 1: oneDNN is slower than MKL for one row at a time), or with `compile`
+    also as row dot products in a compiled decode step (faster at batch 1; the first
+    requests wait for compilation; with `max_batch_size` above 1 the linear weights are held
+    twice). `compile` defaults to on for CUDA, off for CPU. `quantize` is int8
     (weight-only, CPU) or fp8 (Llama 3's FFN recipe, CUDA).
     """
     if quantize not in QUANTIZATIONS:
@@ -93,9 +94,10 @@ def load_served(path: str, *, tokenizer: str | None = None, device: str = "auto"
     tok = Tokenizer.load(tokenizer or path)
     if quantize != "none":
         model = quantize_model(model, quantize)
-    elif torch_device.type == "cpu":
-        layout = rows_for_compiled_cpu if compile else pack_for_cpu
-        model = layout(model, batch_hint=max_batch_size)
+    elif torch_device.type == "cpu" and compile:
+        model = rows_for_compiled_cpu(model, batch_hint=max_batch_size)
+    elif torch_device.type == "cpu" and max_batch_size > 1:  # one row at a time, MKL's GEMV is faster
+        model = pack_for_cpu(model, batch_hint=max_batch_size)
     engine = Engine(model.eval(), tok, max_batch_size=max_batch_size, max_seq_len=max_seq_len, compile=compile)
     return ServedModel(engine, model_name(path), chat_encoder(tok))
 
