@@ -2,8 +2,9 @@
 
 A background thread owns the model and the cache. Each iteration it admits waiting
 requests into free cache rows (prefilling, several prompts per forward, only what the
-prefix cache does not already hold), then runs one decode step for every running request, samples each row with its
-own parameters and streams the new token to the request's listener. A request leaves as
+prefix cache does not already hold), then runs one decode step for every running
+request, samples each row with its own parameters and streams the new token to the
+request's listener. A request leaves as
 soon as it stops; the next waiting one takes its row before the next decode step.
 
 Three ways in, all thread-safe:
@@ -379,7 +380,9 @@ class Engine:
         longest_new = 0
         for request in candidates:
             row = len(self._running) + len(group)
-            source, cached = cache.longest_prefix(request.prompt, range(cache.slots)) if self.prefix_caching else (-1, 0)
+            source, cached = (-1, 0)
+            if self.prefix_caching:
+                source, cached = cache.longest_prefix(request.prompt, range(cache.slots))
             new = len(request.prompt) - cached
             if group:
                 shared = max(common_prefix_length(member.prompt, request.prompt[:-1]) for member in group)
