@@ -4,8 +4,8 @@ A background thread owns the model and the cache. Each iteration it admits waiti
 requests into free cache rows (prefilling, several prompts per forward, only what the
 prefix cache does not already hold), then runs one decode step for every running
 request, samples each row with its own parameters and streams the new token to the
-request's listener. A request leaves as
-soon as it stops; the next waiting one takes its row before the next decode step.
+request's listener. A request leaves as soon as it stops; the next waiting one takes its
+row before the next decode step.
 
 Three ways in, all thread-safe:
 
