@@ -109,7 +109,7 @@ class RequestHandle:
     def __init__(self, request_id: int, engine: "Engine") -> None:
         self.request_id = request_id
         self._engine = engine
-        self._events: queue.Queue[TokenEvent] = queue.Queue()
+        self._events: queue.SimpleQueue[TokenEvent] = queue.SimpleQueue()
         self._done = threading.Event()
         self._result: GenerationResult | None = None
         self.cancelled = False
@@ -160,7 +160,9 @@ class _Request:
         self.output: list[int] = []
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.next_token = -1  # sampled, not yet fed through the model
-        self.text = ""
+        self.text = ""  # decoded output[:text_tokens]; the tokens after it do not end a character yet
+        self.text_tokens = 0
+        self.text_window = 0  # where the next decode starts: the run of tokens added to `text` last, for context
         self.sent = 0  # characters of `text` already streamed
         self.cached_tokens = 0
         self.submitted = time.perf_counter()
@@ -469,12 +471,12 @@ class Engine:
     def _sample_and_emit(self, logits: torch.Tensor, requests: list[_Request]) -> None:
         token_ids, logprobs = sample(logits.float(), [r.sampler for r in requests])
         now = time.perf_counter()
+        with self._lock:
+            self._counts["generation_tokens"] += len(requests)
         finished = []
         for request, token, logprob in zip(requests, token_ids.tolist(), logprobs):
             if not request.first_token_at:
                 request.first_token_at = now
-            with self._lock:
-                self._counts["generation_tokens"] += 1
             if token in request.stop_ids:
                 finished.append((request, "stop", token, [], None))
                 continue
@@ -497,7 +499,7 @@ class Engine:
     def _check_stop_string(self, request: _Request) -> tuple[str | None, str | None]:
         if self.tokenizer is None:
             return None, None
-        request.text = self.tokenizer.decode(request.output)
+        self._detokenize(request)
         stops = request.params.stop
         if not stops:
             return None, None
@@ -511,10 +513,25 @@ class Engine:
         request.text = request.text[:index + (len(stop) if request.params.include_stop_str_in_output else 0)]
         return "stop", stop
 
+    def _detokenize(self, request: _Request, flush: bool = False) -> None:
+        """Extend `request.text` with its newest tokens' text, once they end a character (or at once with
+        `flush`, when the request ends). Only a short window is decoded, the new tokens after the ones
+        before them (a token's text can depend on its neighbour's, e.g. SentencePiece's leading space),
+        so a step costs the same at the thousandth token as at the tenth: decoding all of a 256-token
+        output takes ~160 us, per row and step."""
+        output, start, done = request.output, request.text_window, request.text_tokens
+        before = self.tokenizer.decode(output[start:done])
+        after = self.tokenizer.decode(output[start:])
+        if flush or (len(after) > len(before) and not after.endswith("\ufffd")):
+            request.text += after[len(before):]
+            request.text_window, request.text_tokens = done, len(output)
+
     def _finish(self, row: int, reason: str, stop: int | str | None = None, new: list[int] | None = None,
                 logprob: TokenLogprob | None = None) -> None:
         """Emit the last event and free the row (the last running row moves into it)."""
         request = self._running[row]
+        if self.tokenizer is not None and not isinstance(stop, str):  # a stop string has cut the text already
+            self._detokenize(request, flush=True)
         last = len(self._running) - 1
         self.cache.swap(row, last)
         self._running[row] = self._running[last]
