@@ -1,6 +1,7 @@
 """The serving engine against the model's own forward: cache, batching, sampling, stops, log-probs."""
 
 import asyncio
+import dataclasses
 import threading
 
 import pytest
@@ -307,6 +308,35 @@ def test_sampler_draws_from_the_filtered_tempered_distribution():
         probs[keep:] = 0
         freq = torch.bincount(tokens, minlength=6).float() / n
         torch.testing.assert_close(freq, probs / probs.sum(), atol=0.025, rtol=0)
+
+
+def reference_draw(logits: torch.Tensor, params: SamplingParams) -> int:
+    """One row's token by the definition: the whole vocabulary sorted, top-k, Meta's top-p rule and min-p
+    applied, then an inverse-CDF draw with the first uniform of the row's seeded generator."""
+    probs = torch.softmax(logits / params.temperature, -1)
+    sorted_probs, order = probs.sort(descending=True)
+    ranks = torch.arange(len(probs))
+    keep = (ranks < (params.top_k or len(probs))) & (sorted_probs.cumsum(0) - sorted_probs <= params.top_p)
+    keep &= sorted_probs >= params.min_p * sorted_probs[0]
+    cdf = (sorted_probs * keep).cumsum(0)
+    u = torch.rand(1, generator=torch.Generator().manual_seed(params.seed))
+    return int(order[torch.searchsorted(cdf, u * cdf[-1], right=True).clamp(max=len(probs) - 1)])
+
+
+def test_top_k_and_top_p_sort_candidates_first_and_draw_what_a_whole_sort_draws():
+    """Peaked rows are decided within the 256 most likely tokens, a top-k of 300 within 4,096, flat rows only
+    by the whole vocabulary: every level gives the tokens of the definition."""
+    g = torch.Generator().manual_seed(0)
+    vocab = 6000
+    peaked, flat = torch.randn(16, vocab, generator=g) * 6, torch.randn(16, vocab, generator=g) * 0.1
+    for logits in (peaked, flat):
+        for params in [SamplingParams(temperature=0.7, top_p=0.9), SamplingParams(temperature=1.0, top_k=300, top_p=1.0),
+                       SamplingParams(temperature=1.0, top_p=0.5, min_p=0.05),
+                       SamplingParams(temperature=1.2, top_k=5000, top_p=0.99)]:
+            seeded = [dataclasses.replace(params, seed=s) for s in range(len(logits))]
+            rows = [SamplerRow.create(p, [0], vocab, torch.device("cpu")) for p in seeded]
+            tokens, _ = sample(logits, rows)
+            assert tokens.tolist() == [reference_draw(row, p) for row, p in zip(logits, seeded)]
 
 
 def test_penalties_follow_their_formulas():

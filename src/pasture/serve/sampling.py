@@ -123,6 +123,10 @@ class SamplerRow:
         return logits
 
 
+# How many of the most likely tokens top-k/top-p rows sort first, then next (see `_filter_sorted`).
+CANDIDATES = (256, 4096)
+
+
 def _draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw: the first index whose cumulative (unnormalised) mass exceeds u * total."""
     cdf = probs.cumsum(dim=-1)
@@ -131,16 +135,25 @@ def _draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
 
 def _filter_sorted(probs: torch.Tensor, rows: list[SamplerRow]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k, top-p and min-p over descending-sorted probabilities; returns (kept mass, order)."""
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    device = probs.device
-    ranks = torch.arange(probs.shape[-1], device=device)[None]
-    top_k = torch.tensor([r.params.top_k or probs.shape[-1] for r in rows], device=device)
+    """Top-k, top-p and min-p over the most likely tokens in descending order; returns (kept mass, their ids).
+
+    The tokens kept are always a most-likely-first run, so only the run's candidates need sorting:
+    the most likely `CANDIDATES[0]`, then more only when some row's run could reach past them (its
+    top-k is larger and their mass is still within its top-p), the whole vocabulary last. The result
+    is the full sort's; the cost, at a usual top-p of a trained model, a partial top-k instead of a
+    sort of the vocabulary (~20x less on CPU, RESULTS.md)."""
+    vocab, device = probs.shape[-1], probs.device
+    top_k = torch.tensor([r.params.top_k or vocab for r in rows], device=device)
     top_p = torch.tensor([r.params.top_p for r in rows], device=device, dtype=probs.dtype)
     min_p = torch.tensor([r.params.min_p for r in rows], device=device, dtype=probs.dtype)
+    for count in [c for c in CANDIDATES if c < vocab] + [vocab]:
+        sorted_probs, order = probs.topk(count, dim=-1) if count < vocab else probs.sort(dim=-1, descending=True)
+        mass = sorted_probs.cumsum(dim=-1)
+        if count == vocab or bool(((top_k <= count) | (mass[:, -1] > top_p)).all()):  # the next one is dropped
+            break
+    ranks = torch.arange(count, device=device)[None]
     drop = ranks >= top_k[:, None]
-    # Meta's rule: drop a token when the mass before it already exceeds top_p
-    drop |= sorted_probs.cumsum(dim=-1) - sorted_probs > top_p[:, None]
+    drop |= mass - sorted_probs > top_p[:, None]  # Meta's rule: drop a token once the mass before it exceeds top_p
     drop |= sorted_probs < min_p[:, None] * sorted_probs[:, :1]
     return sorted_probs.masked_fill(drop, 0.0), order
 
@@ -153,22 +166,30 @@ def sample(logits: torch.Tensor, rows: list[SamplerRow]) -> tuple[torch.Tensor, 
     raw = logits
     if any(r.params.penalized for r in rows):
         logits = torch.stack([r.penalize(logits[i]) if r.params.penalized else logits[i] for i, r in enumerate(rows)])
-    tokens = logits.argmax(dim=-1)
+    greedy = [i for i, r in enumerate(rows) if r.params.greedy]
+    if len(greedy) == B:
+        tokens = logits.argmax(dim=-1)
+    else:  # a sampled row's argmax would be overwritten: over a large vocabulary it costs as much as a softmax
+        tokens = torch.zeros(B, dtype=torch.long, device=logits.device)
+        if greedy:
+            index = torch.tensor(greedy, device=logits.device)
+            tokens[index] = logits[index].argmax(dim=-1)
     for sorted_group in (False, True):
         group = [i for i, r in enumerate(rows) if not r.params.greedy and r.params.sorts == sorted_group]
         if not group:
             continue
         index = torch.tensor(group, device=logits.device)
         temps = torch.tensor([rows[i].params.temperature for i in group], device=logits.device)
-        probs = torch.softmax(logits[index] / temps[:, None], dim=-1)
+        probs = torch.softmax((logits if len(group) == B else logits[index]) / temps[:, None], dim=-1)
         uniforms = torch.cat([torch.rand(1, generator=rows[i].generator) for i in group]).to(logits.device)
         if sorted_group:
             kept, order = _filter_sorted(probs, [rows[i] for i in group])
             chosen = order.gather(-1, _draw(kept, uniforms)[:, None]).squeeze(-1)
         else:
-            min_p = torch.tensor([rows[i].params.min_p for i in group], device=logits.device)
-            kept = probs.masked_fill(probs < min_p[:, None] * probs.amax(-1, keepdim=True), 0.0)
-            chosen = _draw(kept, uniforms)
+            if any(rows[i].params.min_p for i in group):
+                min_p = torch.tensor([rows[i].params.min_p for i in group], device=logits.device)
+                probs = probs.masked_fill(probs < min_p[:, None] * probs.amax(-1, keepdim=True), 0.0)
+            chosen = _draw(probs, uniforms)
         tokens[index] = chosen
     if want_logprobs:
         index = torch.tensor(want_logprobs, device=logits.device)
