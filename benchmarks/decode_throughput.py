@@ -333,7 +333,7 @@ def open_row(row: str, model, gguf: Path | None, prompts, args, stack: contextli
                              f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), F32 GGUF, batch 1 only")
     if row == "int8":
         return pasture_row(quantize(copy.deepcopy(model), "int8"), prompts, args,
-                           "pasture engine int8 weight-only (_weight_int8pack_mm)", stack, compile_decode)
+                           "pasture engine int8 weight-only (int8 weights converted per matmul)", stack, compile_decode)
     if row == "torchao":
         return pasture_row(quantize_int8_torchao(copy.deepcopy(model)), prompts, args,
                            "pasture engine, torchao Int8WeightOnlyConfig", stack)

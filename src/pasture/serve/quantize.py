@@ -2,8 +2,10 @@
 weights repacked for oneDNN on CPU.
 
 Decode reads every weight once per step, so it is memory-bound: int8 weights read a
-quarter of fp32's bytes. `Int8Linear` keeps one symmetric scale per output row and
-multiplies with `torch.ops.aten._weight_int8pack_mm` (dequantizes inside the kernel);
+quarter of fp32's bytes. `Int8Linear` keeps one symmetric scale per output row, converts the
+int8 weight to the activations' dtype just before its matmul and scales the output rows:
+on this project's CPUs (AVX2) that is 2.6x faster than `torch.ops.aten._weight_int8pack_mm`
+for one row and 34x for 32, whose time grows with every row (RESULTS.md, session 10);
 benchmarks/decode_throughput.py measures it against torchao's int8 weight-only config.
 
 `pack_for_cpu` keeps fp32 and only changes the kernel: MKL's fp32 GEMV, which `nn.Linear`
@@ -50,7 +52,7 @@ class Int8Linear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         if flat.dtype != self.scale.dtype:
             flat = flat.to(self.scale.dtype)
-        out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scale)
+        out = F.linear(flat, self.weight.to(flat.dtype)) * self.scale
         return out.view(*x.shape[:-1], self.out_features)
 
     def dequantize(self) -> torch.Tensor:
