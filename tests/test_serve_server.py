@@ -283,7 +283,7 @@ def test_metrics_count_requests_and_tokens(model, tokenizer):
         httpx.post(url + "/v1/chat/completions", json={"model": MODEL, "messages": []})
         text = httpx.get(url + "/metrics").text
     values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    assert values['pasture_requests_total{endpoint="chat",status="200"}'] == "2"
+    assert values['pasture_requests_total{endpoint="/v1/chat/completions",status="200"}'] == "2"
     assert values['pasture_requests_total{endpoint="/v1/chat/completions",status="400"}'] == "1"
     assert int(values["pasture_generation_tokens_total"]) == sum(u.completion_tokens for u in usages)
     assert int(values["pasture_prompt_tokens_total"]) == sum(u.prompt_tokens for u in usages)

@@ -17,16 +17,20 @@ from pasture.tokenizer import Tokenizer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    model_help = ("a run folder (its final model), a checkpoint, a pasture / Hugging Face / Meta model folder, "
+                  "or a GGUF file")
     p = sub.add_parser(
         "generate",
         description="Sample a continuation with the serving engine (KV cache, per-request sampling). "
-        "CKPT is a run folder (its newest valid checkpoint), a checkpoint folder, or a pasture / "
-        "Hugging Face / Meta model folder.",
+        "CKPT is a run folder (its newest valid checkpoint), a checkpoint folder, a pasture / "
+        "Hugging Face / Meta model folder, or a GGUF file.",
     )
     p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("--prompt", required=True, help="text to continue (a <|begin_of_text|> is prepended)")
+    p.add_argument("--prompt", required=True,
+                   help="text to continue (the tokenizer's begin-of-text token is prepended where it uses one)")
     p.add_argument("--tokenizer", default=None,
-                   help="tokenizer.model path or `llama3` (default: the one in the run or model folder)")
+                   help="tokenizer.model, tokenizer.json, a .gguf or a folder holding one, or `llama3` "
+                        "(default: the one with CKPT)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.6, help="0 for greedy")
     p.add_argument("--top-p", type=float, default=0.9)
@@ -40,8 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_generate)
 
-    model_help = ("a run folder (its final model), a checkpoint, a pasture / Hugging Face / Meta model folder, "
-                  "or a GGUF file")
     s = sub.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API, with a web chat page",
         description="Serve MODEL at http://HOST:PORT: /v1/models, /v1/completions, /v1/chat/completions "

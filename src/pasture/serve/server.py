@@ -37,6 +37,7 @@ from pasture.serve.protocol import (
 from pasture.serve.sampling import SamplingParams, TokenLogprob
 from pasture.serve.tool_calls import parse_reply
 
+CHAT_PATH, COMPLETIONS_PATH = "/v1/chat/completions", "/v1/completions"  # also the metrics' endpoint labels
 ChatEncoder = Callable[[list[dict[str, Any]], list[dict[str, Any]] | None], list[int]]
 
 
@@ -237,7 +238,7 @@ class OpenAIServer:
             return self.stream_response(self.chat_chunks(request_id, prompt, params, bool(body.tools),
                                                          include_usage))
         result = await self.run(prompt, params)
-        self.record("chat", result)
+        self.record(CHAT_PATH, result)
         reply = parse_reply(self.reply_text(result), self.starts_with_python_tag(result)) if body.tools else None
         message: dict[str, Any] = {"role": "assistant", "content": result.text}
         finish = self.finish_reason(result)
@@ -304,7 +305,7 @@ class OpenAIServer:
                         finish = "tool_calls"
                     else:
                         yield chunk({"content": held})
-                self.record("chat", result)
+                self.record(CHAT_PATH, result)
                 yield chunk({}, finish)
                 if include_usage:
                     yield _sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
@@ -341,7 +342,7 @@ class OpenAIServer:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return self.stream_response(self.completion_chunks(request_id, prompt, params, echo, include_usage))
         result = await self.run(prompt, params)
-        self.record("completions", result)
+        self.record(COMPLETIONS_PATH, result)
         choice = {"index": 0, "text": echo + result.text, "finish_reason": self.finish_reason(result),
                   "logprobs": self.completion_logprobs(result.logprobs)}
         return JSONResponse({"id": request_id, "object": "text_completion", "created": int(time.time()),
@@ -362,7 +363,7 @@ class OpenAIServer:
             if event.text or event.logprobs:
                 yield chunk(event.text, logprobs=self.completion_logprobs(event.logprobs))
             if event.finished:
-                self.record("completions", event.result)
+                self.record(COMPLETIONS_PATH, event.result)
                 yield chunk("", self.finish_reason(event.result))
                 if include_usage:
                     yield _sse({"id": request_id, "object": "text_completion", "created": created,
@@ -422,12 +423,12 @@ def build_app(engine: Engine, model_name: str, encode_chat: ChatEncoder, limits:
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": server.created,
                                             "owned_by": "pasture", "max_model_len": engine.max_seq_len}]}
 
-    @app.post("/v1/chat/completions")
+    @app.post(CHAT_PATH)
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         server.authorize(request)
         return await server.chat(body)
 
-    @app.post("/v1/completions")
+    @app.post(COMPLETIONS_PATH)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         server.authorize(request)
         return await server.complete(body)
