@@ -281,10 +281,14 @@ def test_metrics_count_requests_and_tokens(model, tokenizer):
         usages = [client.chat.completions.create(model=MODEL, messages=CAPITAL_QUESTION, temperature=0).usage
                   for _ in range(2)]
         httpx.post(url + "/v1/chat/completions", json={"model": MODEL, "messages": []})
+        httpx.post(url + "/v1/completions", content=b"x" * (2 << 20), headers={"Content-Type": "application/json"})
+        httpx.post(url + "/made/up", content=b"x" * (2 << 20))
         text = httpx.get(url + "/metrics").text
     values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert values['pasture_requests_total{endpoint="/v1/chat/completions",status="200"}'] == "2"
     assert values['pasture_requests_total{endpoint="/v1/chat/completions",status="400"}'] == "1"
+    assert values['pasture_requests_total{endpoint="/v1/completions",status="413"}'] == "1"
+    assert values['pasture_requests_total{endpoint="other",status="413"}'] == "1"
     assert int(values["pasture_generation_tokens_total"]) == sum(u.completion_tokens for u in usages)
     assert int(values["pasture_prompt_tokens_total"]) == sum(u.prompt_tokens for u in usages)
     assert values["pasture_request_latency_seconds_count"] == "2"

@@ -60,19 +60,29 @@ class ApiError(Exception):
 
 
 class BodyLimit(BaseHTTPMiddleware):
-    """Refuses bodies above the limit from Content-Length, before reading them."""
+    """Refuses bodies above the limit from Content-Length, before reading them, and counts the refusal.
 
-    def __init__(self, app, max_bytes: int) -> None:
+    Refusals on paths the server does not route are counted under one `other` label, so that a
+    client cannot grow the metrics with made-up paths.
+    """
+
+    def __init__(self, app, max_bytes: int, metrics: ServerMetrics) -> None:
         super().__init__(app)
         self.max_bytes = max_bytes
+        self.metrics = metrics
 
     async def dispatch(self, request: Request, call_next):
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return JSONResponse(error_body(f"request body is larger than {self.max_bytes} bytes"), status_code=413)
+            return self.refuse(request, 413, f"request body is larger than {self.max_bytes} bytes")
         if length is None and request.method == "POST":
-            return JSONResponse(error_body("a Content-Length header is required"), status_code=411)
+            return self.refuse(request, 411, "a Content-Length header is required")
         return await call_next(request)
+
+    def refuse(self, request: Request, status: int, message: str) -> JSONResponse:
+        path = request.url.path
+        self.metrics.request_done(path if path in (CHAT_PATH, COMPLETIONS_PATH) else "other", status)
+        return JSONResponse(error_body(message), status_code=status)
 
 
 def _sse(payload: dict[str, Any] | str) -> bytes:
@@ -389,7 +399,7 @@ def build_app(engine: Engine, model_name: str, encode_chat: ChatEncoder, limits:
     server = OpenAIServer(engine, model_name, encode_chat, limits, api_key)
     app = FastAPI(title="pasture", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, metrics=server.metrics)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
