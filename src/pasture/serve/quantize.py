@@ -55,9 +55,9 @@ class Int8Linear(nn.Module):
         if flat.dtype != self.scale.dtype:
             flat = flat.to(self.scale.dtype)
         if flat.shape[0] == 1 and torch.compiler.is_compiling():
-            # one row in a compiled step: inductor fuses the conversion into one vectorised pass over the int8
-            # bytes, where `F.linear` would first write and read back an fp32 copy of the weight
-            out = (flat.unsqueeze(-2) * self.weight.to(flat.dtype)).sum(-1) * self.scale
+            # one row in a compiled step: the conversion fused into one vectorised pass over the int8 bytes,
+            # where `F.linear` would first write and read back an fp32 copy of the weight
+            out = row_dot(flat, self.weight) * self.scale
         else:
             out = F.linear(flat, self.weight.to(flat.dtype)) * self.scale
         return out.view(*x.shape[:-1], self.out_features)
@@ -84,6 +84,12 @@ def _(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
 
 
 onednn_linear = torch.ops.pasture.onednn_linear
+
+
+def row_dot(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """One input row [..., in] against every weight row [out, in], for inductor to fuse into one pass over the
+    weights (converted to x's dtype inside the same pass when they are int8)."""
+    return (x.unsqueeze(-2) * weight.to(x.dtype)).sum(-1)
 
 
 def onednn_pack(weight: torch.Tensor, batch_hint: int) -> torch.Tensor:
@@ -121,7 +127,7 @@ class RowDotLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[:-1].numel() == 1 and torch.compiler.is_compiling():
-            return (x.unsqueeze(-2) * self.weight).sum(-1)
+            return row_dot(x, self.weight)
         if self.packed is not None:
             return onednn_linear(x, self.packed, self.out_features)
         return F.linear(x, self.weight)
