@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import pasture  # noqa: F401  (before torch: it sets libgomp's wait policy, see its __init__)
 import torch
 
 from pasture import model as pm

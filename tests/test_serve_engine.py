@@ -363,3 +363,22 @@ def test_bad_input_gives_clear_errors(model):
             engine.submit("text")
         result = engine.generate(list(range(10)), SamplingParams(temperature=0, max_tokens=50))[0]
     assert len(result.token_ids) == 6 and result.finish_reason == "length"  # clipped to the 16 positions
+
+
+@pytest.mark.parametrize("user_env, expected", [
+    ({}, ("ACTIVE", "300000")),  # pasture's default: spin a bounded while, whatever thread counts libgomp sees
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, ("PASSIVE", None)),  # a user's own OpenMP settings are left alone
+    ({"GOMP_SPINCOUNT": "1000"}, (None, "1000")),
+])
+def test_importing_pasture_sets_libgomps_wait_policy_unless_the_user_did(user_env, expected):
+    """The engine's thread and the main thread both run torch ops, which throttles libgomp's spinning to ~1,000
+    turns: its workers sleep and wake between a decode step's parallel regions. `import pasture` sets the wait
+    policy before torch loads libgomp (a fresh process: the variables are read once, at load)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | user_env
+    script = "import os, pasture, torch; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert tuple(None if v == "None" else v for v in out.split()) == expected
