@@ -7,7 +7,7 @@ int8 weight to the activations' dtype just before its matmul and scales the outp
 on this project's CPUs (AVX2) that is 2.6x faster than `torch.ops.aten._weight_int8pack_mm`
 for one row and 34x for 32, whose time grows with every row (RESULTS.md, session 10). In a
 compiled decode step one row is a row dot product instead, the conversion fused into one pass
-over the int8 bytes: 1.32x the compiled fp32 step on an AVX-512 host (session 12).
+over the int8 bytes: 1.69x the compiled fp32 engine on an AVX-512 host (session 12).
 benchmarks/decode_throughput.py measures both against torchao's int8 weight-only config.
 
 `pack_for_cpu` keeps fp32 and only changes the kernel: MKL's fp32 GEMV, which `nn.Linear`
