@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pyarrow
+import pasture  # noqa: F401  (before torch: it sets libgomp's wait policy, see its __init__)
 import torch
 
 from pasture import model as pm

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import llama_cpp
+import pasture  # noqa: F401  (before torch: it sets libgomp's wait policy, see its __init__)
 import torch
 
 from pasture import model as pm
