@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("pasture.post.cli", "direct preference optimization against a frozen reference"),
     "average": ("pasture.post.cli", "average the weights of models of one architecture (a model soup)"),
     "clean-sft": ("pasture.post.cli", "clean chat data: rules, reward-model quality, semantic de-duplication"),
+    "quality-gate": ("pasture.post.cli", "check a quantized model against the original: held-out perplexity and "
+                     "reward-score distributions"),
     "rounds": ("pasture.post.cli", "post-training rounds: reward model, rejection sampling, SFT, DPO, averaging"),
 }
 

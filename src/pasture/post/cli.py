@@ -1,4 +1,4 @@
-"""`pasture sft | reward | dpo | rejection-sample | average | clean-sft | rounds`.
+"""`pasture sft | reward | dpo | rejection-sample | average | clean-sft | rounds | quality-gate`.
 
 Handlers import torch and the trainers inside, so `pasture --help` stays fast.
 """
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_average(sub)
     _register_clean(sub)
     _register_rounds(sub)
+    _register_quality_gate(sub)
 
 
 def _register_trainer(sub, name: str, help_text: str, metavar: str, data_help: str) -> None:
@@ -186,3 +187,55 @@ def _rounds(args: argparse.Namespace) -> int:
     summary = run_rounds(args.model, args.prompts, args.prefs, args.sft_data, args.out, recipe)
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _register_quality_gate(sub) -> None:
+    p = sub.add_parser(
+        "quality-gate", help="check a quantized model against the original: perplexity and reward-score distributions",
+        description="Quantize MODEL (int8 weight-only on CPU, Llama 3's FP8 recipe on CUDA) and compare it with the "
+        "original, as Llama 3 §6.2 does: held-out perplexity (--text) must rise by at most --max-perplexity-increase; "
+        "with --reward-model and --prompts both models answer the prompts with the same sampling seeds and the "
+        "reward model's score distributions must not differ (two-sample KS test at --alpha, mean shift at most "
+        "--max-score-shift standard deviations). Prints the report (JSON, every score included), writes it to "
+        "--out, and exits 1 when the gate fails.",
+    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--quantize", default="int8", choices=("int8", "fp8"), help="what to check (default int8)")
+    p.add_argument("--text", nargs="+", default=[], metavar="FILE",
+                   help="held-out documents for perplexity: JSONL / Parquet documents or plain text files")
+    p.add_argument("--reward-model", default=None, metavar="RM", help="reward model folder (`pasture reward`)")
+    p.add_argument("--prompts", nargs="+", default=[], metavar="FILE",
+                   help="SFT-format records without the final assistant turn, for the reward comparison")
+    p.add_argument("--samples-per-prompt", type=int, default=1, help="answers per prompt and model")
+    p.add_argument("--max-tokens", type=int, default=256, help="longest answer")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-text-tokens", type=int, default=32768, help="held-out tokens scored at most")
+    p.add_argument("--max-perplexity-increase", type=float, default=0.01, help="relative; default 1%%")
+    p.add_argument("--alpha", type=float, default=0.05, help="level of the KS test on the score distributions")
+    p.add_argument("--max-score-shift", type=float, default=0.1,
+                   help="largest mean score change, in standard deviations of the original's scores")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences decoded together")
+    p.add_argument("--tokenizer", default=None, help="MODEL's tokenizer / chat template (default: MODEL's)")
+    p.add_argument("--out", default=None, metavar="FILE", help="write the report here too")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_quality_gate)
+
+
+def _quality_gate(args: argparse.Namespace) -> int:
+    import sys
+
+    from pasture.post.quality_gate import GateConfig, quality_gate, write_report
+
+    config = GateConfig(quantize=args.quantize, max_perplexity_increase=args.max_perplexity_increase,
+                        alpha=args.alpha, max_score_shift=args.max_score_shift, max_text_tokens=args.max_text_tokens,
+                        samples_per_prompt=args.samples_per_prompt, temperature=args.temperature, top_p=args.top_p,
+                        max_tokens=args.max_tokens, seed=args.seed, batch_size=args.batch_size, device=args.device)
+    report = quality_gate(args.model, config, args.text, args.reward_model, args.prompts, args.tokenizer,
+                          log=lambda line: print(line, file=sys.stderr))
+    if args.out:
+        write_report(report, args.out)
+    print(json.dumps(report, indent=2))
+    print(f"quality gate {'passed' if report['passed'] else 'FAILED'}", file=sys.stderr)
+    return 0 if report["passed"] else 1

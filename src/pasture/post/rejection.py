@@ -25,7 +25,9 @@ from pasture.post.data import read_prompts, write_records
 from pasture.post.models import load_encoder, load_model
 from pasture.post.reward_model import load_reward_model, score_responses
 from pasture.runtime import resolve_device
-from pasture.serve import Engine, SamplingParams
+from pasture.model import Transformer
+from pasture.post.encode import ChatEncoder, Messages
+from pasture.serve import Engine, GenerationResult, SamplingParams
 
 
 @dataclass
@@ -53,6 +55,22 @@ def default_pairs_path(out: str | Path) -> Path:
     return out.with_name(out.name.removesuffix(".jsonl") + ".pairs.jsonl")
 
 
+def sample_responses(model: Transformer, encoder: ChatEncoder, prompts: list[Messages], k: int, *, temperature: float,
+                     top_p: float, max_tokens: int, seed: int, batch_size: int,
+                     progress: bool = True) -> list[GenerationResult]:
+    """`k` responses to each prompt through the serving engine, prompt by prompt; sample j of prompt i
+    has its own seed, the same for every model given the same prompts and `seed`."""
+    requests, params = [], []
+    for i, prompt in enumerate(prompts):
+        ids = encoder.encode(prompt, add_generation_prompt=True).tokens
+        for j in range(k):
+            requests.append(ids)
+            params.append(SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                         seed=seed * 1_000_003 + i * k + j))
+    with Engine(model, max_batch_size=batch_size, stop_token_ids=encoder.stop_ids) as engine:
+        return engine.generate(requests, params, progress=progress)
+
+
 def rejection_sample(model_spec: str, reward_spec: str, prompts_path: list[str], out: str | Path,
                      config: RejectionConfig, pairs_out: str | Path | None = None, tokenizer: str | None = None,
                      log=print) -> dict[str, Any]:
@@ -62,17 +80,11 @@ def rejection_sample(model_spec: str, reward_spec: str, prompts_path: list[str],
     prompts = [with_system_prompt(p, i, config.system_prompts) for i, p in enumerate(prompts)]
     encoder = load_encoder(model_spec, tokenizer)
     model, _ = load_model(model_spec, device=device)
-    requests, params = [], []
-    for i, prompt in enumerate(prompts):
-        ids = encoder.encode(prompt, add_generation_prompt=True).tokens
-        for j in range(config.k):
-            requests.append(ids)
-            params.append(SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature,
-                                         top_p=config.top_p, seed=config.seed * 1_000_003 + i * config.k + j))
     log(f"sampling {config.k} responses for each of {len(prompts)} prompts")
-    with Engine(model.eval(), max_batch_size=config.batch_size, stop_token_ids=encoder.stop_ids) as engine:
-        results = engine.generate(requests, params, progress=config.progress)
-    del model, engine
+    results = sample_responses(model.eval(), encoder, prompts, config.k, temperature=config.temperature,
+                               top_p=config.top_p, max_tokens=config.max_tokens, seed=config.seed,
+                               batch_size=config.batch_size, progress=config.progress)
+    del model
     responses = [{"role": "assistant", "content": encoder.decode(r.token_ids).strip()} for r in results]
     finished = [r.finish_reason == "stop" for r in results]
 
