@@ -25,8 +25,9 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from scipy import stats
 
 from pasture.documents import iter_documents
 from pasture.errors import PastureError
+from pasture.model import Transformer
 from pasture.post.data import read_prompts
 from pasture.post.models import load_encoder, load_model
 from pasture.post.rejection import sample_responses
@@ -105,9 +107,12 @@ def held_out_tokens(paths: Sequence[str], tokenizer, limit: int) -> torch.Tensor
 
 
 def quality_gate(model_spec: str, config: GateConfig, text: Sequence[str] = (), reward_spec: str | None = None,
-                 prompts: Sequence[str] = (), tokenizer: str | None = None, log=print) -> dict[str, Any]:
-    """Run the gate (module docstring); the report, with `passed`."""
-    if config.quantize not in QUANTIZATIONS or config.quantize == "none":
+                 prompts: Sequence[str] = (), tokenizer: str | None = None,
+                 quantizer: Callable[[Transformer], Transformer] | None = None, log=print) -> dict[str, Any]:
+    """Run the gate (module docstring); the report, with `passed`. `quantizer` gates a quantization of
+    your own instead of `config.quantize` (which then only names it): it gets a copy of the model and
+    returns it quantized."""
+    if quantizer is None and (config.quantize not in QUANTIZATIONS or config.quantize == "none"):
         raise GateError(f"--quantize must be one of {', '.join(QUANTIZATIONS[1:])}, got {config.quantize!r}")
     if not text and not reward_spec:
         raise GateError("nothing to compare: pass held-out --text, or --reward-model with --prompts, or both")
@@ -118,7 +123,7 @@ def quality_gate(model_spec: str, config: GateConfig, text: Sequence[str] = (), 
     original, _ = load_model(model_spec, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     original.eval()
     try:
-        quantized = quantize(copy.deepcopy(original), config.quantize).eval()
+        quantized = (quantizer or partial(quantize, method=config.quantize))(copy.deepcopy(original)).eval()
     except ValueError as e:
         raise GateError(str(e)) from None
     report: dict[str, Any] = {"model": str(model_spec), "config": asdict(config)}
@@ -126,7 +131,8 @@ def quality_gate(model_spec: str, config: GateConfig, text: Sequence[str] = (), 
     if text:
         tokens = held_out_tokens(text, encoder.tokenizer, config.max_text_tokens).to(device)
         log(f"perplexity over {len(tokens) - 1} held-out tokens, original then {config.quantize}")
-        before, after = (perplexity(m, tokens, config.window) for m in (original, quantized))
+        before, after = (perplexity(m, tokens, config.window, progress=name if config.progress else None)
+                         for name, m in (("original", original), (config.quantize, quantized)))
         increase = after / before - 1
         report["perplexity"] = {"tokens": len(tokens) - 1, "original": before, "quantized": after,
                                 "relative_increase": increase, "passed": increase <= config.max_perplexity_increase}

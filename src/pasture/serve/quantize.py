@@ -32,6 +32,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from pasture.model.llama import Transformer
 
@@ -221,10 +222,11 @@ def quantize(model: Transformer, method: str) -> Transformer:
 
 
 @torch.inference_mode()
-def perplexity(model: Transformer, tokens: torch.Tensor, window: int = 512) -> float:
-    """exp(mean next-token loss) over `tokens` [N], scored in disjoint windows of `window` tokens."""
+def perplexity(model: Transformer, tokens: torch.Tensor, window: int = 512, progress: str | None = None) -> float:
+    """exp(mean next-token loss) over `tokens` [N], scored in disjoint windows of `window` tokens
+    (with a progress bar named `progress`, if given)."""
     losses, count = 0.0, 0
-    for start in range(0, len(tokens) - 1, window):
+    for start in tqdm(range(0, len(tokens) - 1, window), desc=progress, unit="window", disable=progress is None):
         chunk = tokens[start:start + window + 1]
         if len(chunk) < 2:
             break
