@@ -102,7 +102,7 @@ def main() -> None:
     print("|---|---|---:|---|---:|---:|---:|---:|---|---:|")
     for name, report, seconds in rows:
         ppl, rw = report["perplexity"], report["reward_scores"]
-        print(f"| {name} | {ppl['original']:.3f} -> {ppl['quantized']:.3f} | {ppl['relative_increase']:+.2%} "
+        print(f"| {name} | {ppl['original']:.3f} -> {ppl['quantized']:.3f} | {ppl['relative_change']:+.2%} "
               f"| {rw['original']['mean']:.4f} -> {rw['quantized']['mean']:.4f} | {rw['ks_statistic']:.3f} "
               f"| {rw['ks_pvalue']:.3g} | {rw['shift_in_original_std']:+.3f} | {rw['identical_answers']:.0%} "
               f"| {'passed' if report['passed'] else 'FAILED'} | {seconds:.0f} |")

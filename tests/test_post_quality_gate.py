@@ -13,7 +13,7 @@ from post_fixtures import llama3_encoder, one_thread, tiny_model, write_jsonl
 from pasture.cli import main
 from pasture.model import save
 from pasture.post.models import save_encoder
-from pasture.post.quality_gate import GateError, compare_scores, held_out_tokens
+from pasture.post.quality_gate import GateConfig, GateError, compare_scores, held_out_tokens, quality_gate
 from pasture.post.reward_model import save_head
 from pasture.serve.quantize import _linear_layers, perplexity, quantize
 
@@ -94,7 +94,7 @@ def run_gate(tmp_path, capsys, *options):
 def test_a_lossless_int8_model_passes_with_the_same_answers_and_scores(tmp_path, capsys):
     code, report = run_gate(tmp_path, capsys)
     assert code == 0 and report["passed"]
-    assert report["perplexity"]["relative_increase"] == pytest.approx(0.0, abs=1e-5)
+    assert report["perplexity"]["relative_change"] == pytest.approx(0.0, abs=1e-5)
     model = tiny_model(seed=1)
     tokens = held_out_tokens([str(tmp_path / "heldout.txt")], llama3_encoder().tokenizer, 32768)
     assert report["perplexity"]["tokens"] == len(tokens) - 1 == 30 * 45  # BOS + every byte, the first one predicted from BOS
@@ -107,12 +107,12 @@ def test_a_lossless_int8_model_passes_with_the_same_answers_and_scores(tmp_path,
 
 
 def test_the_report_holds_what_the_verdict_is_computed_from(tmp_path, capsys):
-    code, report = run_gate(tmp_path, capsys, "lossy", "--temperature", "1.0", "--max-perplexity-increase", "0.5")
+    code, report = run_gate(tmp_path, capsys, "lossy", "--temperature", "1.0", "--max-perplexity-change", "0.5")
     model = tiny_model(seed=1)
     tokens = held_out_tokens([str(tmp_path / "heldout.txt")], llama3_encoder().tokenizer, 32768)
     after = perplexity(quantize(copy.deepcopy(model), "int8"), tokens, 512)
     assert report["perplexity"]["quantized"] == pytest.approx(after, rel=1e-6)
-    assert report["perplexity"]["relative_increase"] == pytest.approx(after / perplexity(model, tokens, 512) - 1, abs=1e-6)
+    assert report["perplexity"]["relative_change"] == pytest.approx(after / perplexity(model, tokens, 512) - 1, abs=1e-6)
     rewards = report["reward_scores"]
     again = compare_scores(rewards["scores"]["original"], rewards["scores"]["quantized"], 0.05, 0.1)
     assert {k: rewards[k] for k in again} == again
@@ -131,3 +131,19 @@ def test_the_gate_refuses_to_run_without_something_to_compare(tmp_path, capsys):
     assert main(["quality-gate", str(tmp_path / "policy"), "--quantize", "fp8", "--text", "x.txt",
                  "--device", "cpu"]) == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+def test_a_damaging_quantizer_of_ones_own_fails_the_gate(tmp_path):
+    text, _ = write_models(tmp_path, tiny_model(seed=1))
+
+    def two_levels(model):  # every weight of the decode step's linears to the sign of itself times its row's mean size
+        with torch.no_grad():
+            for parent, name in _linear_layers(model):
+                weight = getattr(parent, name).weight
+                weight.copy_(weight.sign() * weight.abs().mean(dim=1, keepdim=True))
+        return model
+
+    report = quality_gate(str(tmp_path / "policy"), GateConfig(quantize="two-levels", device="cpu", progress=False),
+                          [str(text)], quantizer=two_levels, log=lambda *_: None)
+    assert report["config"]["quantize"] == "two-levels"
+    assert abs(report["perplexity"]["relative_change"]) > 0.01 and not report["passed"]

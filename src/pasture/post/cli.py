@@ -193,7 +193,7 @@ def _register_quality_gate(sub) -> None:
     p = sub.add_parser(
         "quality-gate", help="check a quantized model against the original: perplexity and reward-score distributions",
         description="Quantize MODEL (int8 weight-only on CPU, Llama 3's FP8 recipe on CUDA) and compare it with the "
-        "original, as Llama 3 §6.2 does: held-out perplexity (--text) must rise by at most --max-perplexity-increase; "
+        "original, as Llama 3 §6.2 does: held-out perplexity (--text) must stay within --max-perplexity-change of the original's; "
         "with --reward-model and --prompts both models answer the prompts with the same sampling seeds and the "
         "reward model's score distributions must not differ (two-sample KS test at --alpha, mean shift at most "
         "--max-score-shift standard deviations). Prints the report (JSON, every score included), writes it to "
@@ -212,7 +212,7 @@ def _register_quality_gate(sub) -> None:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-text-tokens", type=int, default=32768, help="held-out tokens scored at most")
-    p.add_argument("--max-perplexity-increase", type=float, default=0.01, help="relative; default 1%%")
+    p.add_argument("--max-perplexity-change", type=float, default=0.01, help="relative, either way; default 0.01 (1%%)")
     p.add_argument("--alpha", type=float, default=0.05, help="level of the KS test on the score distributions")
     p.add_argument("--max-score-shift", type=float, default=0.1,
                    help="largest mean score change, in standard deviations of the original's scores")
@@ -228,7 +228,7 @@ def _quality_gate(args: argparse.Namespace) -> int:
 
     from pasture.post.quality_gate import GateConfig, quality_gate, write_report
 
-    config = GateConfig(quantize=args.quantize, max_perplexity_increase=args.max_perplexity_increase,
+    config = GateConfig(quantize=args.quantize, max_perplexity_change=args.max_perplexity_change,
                         alpha=args.alpha, max_score_shift=args.max_score_shift, max_text_tokens=args.max_text_tokens,
                         samples_per_prompt=args.samples_per_prompt, temperature=args.temperature, top_p=args.top_p,
                         max_tokens=args.max_tokens, seed=args.seed, batch_size=args.batch_size, device=args.device)
