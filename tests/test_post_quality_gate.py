@@ -147,3 +147,27 @@ def test_a_damaging_quantizer_of_ones_own_fails_the_gate(tmp_path):
                           [str(text)], quantizer=two_levels, log=lambda *_: None)
     assert report["config"]["quantize"] == "two-levels"
     assert abs(report["perplexity"]["relative_change"]) > 0.01 and not report["passed"]
+
+
+def test_answers_the_reward_model_cannot_score_fail_the_gate_and_lose_nothing(tmp_path):
+    _, prompts = write_models(tmp_path, tiny_model(seed=1))
+    stop = llama3_encoder().stop_ids[0]
+
+    class AlwaysStop(torch.nn.Module):  # every answer ends before its first token: empty
+        def forward(self, hidden):
+            logits = torch.full((*hidden.shape[:-1], 512), -100.0)
+            logits[..., stop] = 100.0
+            return logits
+
+    def silence(model):
+        model.output = AlwaysStop()
+        return model
+
+    report = quality_gate(str(tmp_path / "policy"), GateConfig(quantize="silent", device="cpu", progress=False,
+                                                               max_tokens=8), reward_spec=str(tmp_path / "rm"),
+                          prompts=[str(prompts)], quantizer=silence, log=lambda *_: None)
+    rewards = report["reward_scores"]
+    assert rewards["unscored"] == {"original": 0, "quantized": 6} and rewards["n"] == 0
+    assert rewards["scores"]["quantized"] == [None] * 6 and None not in rewards["scores"]["original"]
+    assert not rewards["passed"] and not report["passed"]
+    json.dumps(report, allow_nan=False)  # strict JSON: no -Infinity

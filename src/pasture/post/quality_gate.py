@@ -13,7 +13,9 @@ does both checks the serving issue asks for, each optional but at least one requ
   distributions apart at level `alpha`, or when the mean score moves by more than
   `max_score_shift` of the original scores' standard deviation (a shift too small for the KS
   test to see at this sample size, but systematic). The paired differences (same prompt, same
-  seed) and the share of identical answers are reported too. Shared seeds make the two samples
+  seed) and the share of identical answers are reported too. An answer the reward model cannot
+  score (an empty one) takes its pair out of the comparison; the gate fails when the quantized
+  model gives more of them than the original. Shared seeds make the two samples
   positively correlated, which makes the KS test conservative: the mean-shift bound is the
   sharper check.
 
@@ -148,19 +150,28 @@ def quality_gate(model_spec: str, config: GateConfig, text: Sequence[str] = (), 
         repeated = [c for c in conversations for _ in range(config.samples_per_prompt)]
         scores = {name: score_responses(rm, rm_encoder, repeated, [{"role": "assistant", "content": a} for a in texts])
                   for name, texts in answers.items()}
-        unscored = sum(not math.isfinite(s) for name in scores for s in scores[name])
-        if unscored:
-            raise GateError(f"the reward model could not score {unscored} answers (too long or empty); "
-                            "lower --max-tokens or check the prompts")
-        comparison = compare_scores(scores["original"], scores["quantized"], config.alpha, config.max_score_shift)
+        # an empty answer cannot be scored: its pair leaves the comparison, and the count is kept
+        unscored = {name: sum(not math.isfinite(x) for x in values) for name, values in scores.items()}
+        kept = [i for i in range(len(repeated)) if all(math.isfinite(scores[name][i]) for name in scores)]
+        if len(kept) < 2:
+            comparison = {"n": len(kept), "passed": False}
+        else:
+            comparison = compare_scores([scores["original"][i] for i in kept], [scores["quantized"][i] for i in kept],
+                                        config.alpha, config.max_score_shift)
+            comparison["passed"] &= unscored["quantized"] <= unscored["original"]
         identical = sum(x == y for x, y in zip(answers["original"], answers["quantized"]))
         report["reward_scores"] = {"reward_model": str(reward_spec), "prompts": len(conversations),
                                    "prompts_skipped": skipped.as_dict()["skipped"],
-                                   "identical_answers": identical / len(repeated), **comparison,
-                                   "scores": scores}
-        log(f"reward scores over {comparison['n']} answers: mean {comparison['original']['mean']:.4f} -> "
-            f"{comparison['quantized']['mean']:.4f}, KS D {comparison['ks_statistic']:.3f} "
-            f"(p {comparison['ks_pvalue']:.3f}), shift {comparison['shift_in_original_std']:+.3f} std")
+                                   "identical_answers": identical / len(repeated), "unscored": unscored,
+                                   **comparison,
+                                   "scores": {name: [x if math.isfinite(x) else None for x in values]
+                                              for name, values in scores.items()}}
+        if "ks_statistic" in comparison:
+            log(f"reward scores over {comparison['n']} answers: mean {comparison['original']['mean']:.4f} -> "
+                f"{comparison['quantized']['mean']:.4f}, KS D {comparison['ks_statistic']:.3f} "
+                f"(p {comparison['ks_pvalue']:.3f}), shift {comparison['shift_in_original_std']:+.3f} std")
+        log(f"answers the reward model could not score: {unscored['original']} original, {unscored['quantized']} "
+            f"{config.quantize}")
 
     report["passed"] = all(part["passed"] for key, part in report.items() if key in ("perplexity", "reward_scores"))
     return report
